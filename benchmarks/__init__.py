@@ -1,0 +1,1 @@
+"""Benchmarks: throughput and latency figures, reported as ratios against same-run baselines."""

@@ -1,0 +1,1 @@
+"""eBPF datapath: C sources, documented map layouts, loader and pinned-map handles."""

@@ -1,0 +1,1 @@
+"""Per-cluster clustermesh API server: exports Kubernetes state into etcd in Cilium's layout."""

@@ -1,0 +1,1 @@
+"""The ``clustermesh`` command-line tool."""

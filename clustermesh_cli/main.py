@@ -1,0 +1,40 @@
+"""Entry point of the ``clustermesh`` command-line tool.
+
+Other modules add their command groups with ``cli.add_command(...)``. Run it as the installed
+``clustermesh`` script or as ``python -m clustermesh_cli.main``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from clustermesh_cli.wire import wire
+
+__all__ = ["cli", "CONTEXT_SETTINGS"]
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(name="clustermesh", context_settings=CONTEXT_SETTINGS)
+def cli() -> None:
+    """Run and inspect a Cilium-ClusterMesh-compatible mesh.
+
+    Each cluster publishes its nodes, services, identities and pod IPs into an etcd that
+    the other clusters read. The keys and values must be byte-for-byte what Cilium
+    writes, so that real Cilium agents and this project can share one mesh.
+
+    \b
+    Start here:
+      clustermesh wire --help          what the kvstore values look like
+      clustermesh wire encode -h       turn a JSON value into Cilium's exact bytes
+      clustermesh wire decode -h       check a value read from etcd, pretty-printed
+
+    Exit status: 0 on success, 1 when the input is invalid, 2 on a usage error.
+    """
+
+
+cli.add_command(wire)
+
+
+if __name__ == "__main__":
+    cli(prog_name="clustermesh")

@@ -1,0 +1,1 @@
+"""WireGuard and IPsec key management, peers, rotation, status and audit."""

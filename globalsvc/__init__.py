@@ -1,0 +1,1 @@
+"""Global services: merging remote backends, affinity, health-driven failover, MCS-API."""

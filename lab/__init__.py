@@ -1,0 +1,1 @@
+"""The lab: whole meshes on one Linux machine without Docker."""

@@ -1,0 +1,70 @@
+"""The project's own exception hierarchy.
+
+Every error a user can meet carries an actionable message: what was wrong, where (key, field,
+file), and what to do about it. Callers catch the narrowest class they can handle.
+"""
+
+from __future__ import annotations
+
+
+class MeshError(Exception):
+    """Root of every error raised on purpose by this project."""
+
+
+class ConfigError(MeshError):
+    """A configuration file, flag or option is invalid."""
+
+
+class WireError(MeshError):
+    """A value read from or written to the kvstore does not match Cilium's wire format.
+
+    ``key`` names the etcd key the value came from (when known), ``field`` the JSON field at fault.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, field: str | None = None) -> None:
+        self.reason = message
+        self.key = key
+        self.field = field
+        where = []
+        if key is not None:
+            where.append(f"key {key!r}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        prefix = f"{', '.join(where)}: " if where else ""
+        super().__init__(f"{prefix}{message}")
+
+    def with_key(self, key: str) -> WireError:
+        """Return the same error, now also naming the etcd ``key`` the value came from."""
+        return WireError(self.reason, key=key, field=self.field)
+
+
+class KVStoreError(MeshError):
+    """An operation against etcd failed."""
+
+
+class KVStoreUnavailableError(KVStoreError):
+    """etcd could not be reached (connection refused, timed out, TLS handshake failed)."""
+
+
+class KVStoreAuthError(KVStoreError):
+    """etcd refused the operation: wrong credentials or a role that does not permit it."""
+
+
+class WatchCompactedError(KVStoreError):
+    """A watch asked for a revision that etcd has compacted away; the caller must re-list."""
+
+    def __init__(self, message: str, *, compact_revision: int) -> None:
+        self.compact_revision = compact_revision
+        super().__init__(message)
+
+
+class ClusterChangedError(KVStoreError):
+    """The etcd cluster behind an endpoint was replaced (its cluster ID changed); re-list."""
+
+
+class LeaseExpiredError(KVStoreError):
+    """A lease expired or was revoked before it could be kept alive."""
+
+
+class TxnTooLargeError(KVStoreError):
+    """A transaction held more operations than etcd accepts (128 by default)."""

@@ -1,0 +1,179 @@
+"""The reader side: an exact, validated copy of one etcd prefix, pushed to an observer.
+
+Modelled on Cilium's restartable ``WatchStore``: every snapshot (the first, and each re-list after
+the history was lost) marks all known entries stale, refreshes the ones that come back, and then
+emits deletes only for those that did not. Keys whose value did not change produce no event, so
+an observer programming a datapath sees no churn from reconnects.
+
+Values are decoded by a caller-supplied function; a value that fails to decode is skipped, counted
+and logged once per key, and never reaches the observer (a bad remote must not crash the reader).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from meshcore.backoff import Backoff
+from meshcore.errors import WireError
+from meshcore.kvstore.types import KVStore
+from meshcore.log import get_logger
+from meshcore.store.listwatch import (
+    Connection,
+    Delete,
+    ListDone,
+    ListStart,
+    Upsert,
+    list_and_watch,
+)
+
+T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
+
+# Decodes the value of key ``name`` (the key with the store's prefix removed); raises WireError.
+Decoder = Callable[[str, bytes], T]
+
+
+class Observer(Protocol[T_contra]):
+    """Receives the entries of a watch store. Calls are synchronous and must not block."""
+
+    def on_upsert(self, name: str, value: T_contra) -> None: ...
+
+    def on_delete(self, name: str) -> None: ...
+
+
+@dataclass(slots=True)
+class _Entry(Generic[T]):
+    raw: bytes
+    value: T
+    stale: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WatchStoreStatus:
+    """What a watch store knows about itself, for status output."""
+
+    prefix: str
+    entries: int
+    synced: bool
+    connected: bool
+    invalid: int
+    last_error: str
+
+
+class WatchStore(Generic[T]):
+    """Keeps ``observer`` equal to the valid entries under ``prefix``.
+
+    Run :meth:`run` in a task group. :attr:`synced` is set after the first complete snapshot.
+    """
+
+    def __init__(
+        self,
+        kv: KVStore,
+        prefix: str,
+        decode: Decoder[T],
+        observer: Observer[T],
+        *,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+        self._kv = kv
+        self._decode = decode
+        self._observer = observer
+        self._backoff = backoff
+        self._entries: dict[str, _Entry[T]] = {}
+        self._reported_invalid: set[str] = set()
+        self._sync_callbacks: list[Callable[[], None]] = []
+        self.synced = asyncio.Event()
+        self.connected = False
+        self.invalid_total = 0
+        self.last_error = ""
+        self._log = get_logger(__name__, prefix=self.prefix)
+
+    def on_synced(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, after the first complete snapshot (at once if already synced)."""
+        if self.synced.is_set():
+            callback()
+        else:
+            self._sync_callbacks.append(callback)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def get(self, name: str) -> T | None:
+        entry = self._entries.get(name)
+        return entry.value if entry is not None else None
+
+    def status(self) -> WatchStoreStatus:
+        return WatchStoreStatus(
+            prefix=self.prefix,
+            entries=len(self._entries),
+            synced=self.synced.is_set(),
+            connected=self.connected,
+            invalid=self.invalid_total,
+            last_error=self.last_error,
+        )
+
+    async def run(self) -> None:
+        """List and watch until cancelled. Entries are kept on cancellation (see :meth:`drain`)."""
+        async for event in list_and_watch(self._kv, self.prefix, backoff=self._backoff):
+            if isinstance(event, Upsert):
+                self._upsert(event.key, event.value)
+            elif isinstance(event, Delete):
+                self._delete(event.key[len(self.prefix) :])
+            elif isinstance(event, ListStart):
+                self.connected = True
+                for entry in self._entries.values():
+                    entry.stale = True
+            elif isinstance(event, ListDone):
+                self._sweep()
+            elif isinstance(event, Connection):
+                self.connected = event.connected
+                if not event.connected:
+                    self.last_error = event.reason
+
+    def drain(self) -> None:
+        """Delete every entry (the remote cluster was removed, not merely disconnected)."""
+        for name in list(self._entries):
+            self._delete(name)
+
+    def _upsert(self, key: str, raw: bytes) -> None:
+        name = key[len(self.prefix) :]
+        entry = self._entries.get(name)
+        if entry is not None and entry.raw == raw:
+            entry.stale = False
+            return
+        try:
+            value = self._decode(name, raw)
+        except WireError as err:
+            self.invalid_total += 1
+            self.last_error = str(err.with_key(key))
+            if key not in self._reported_invalid:
+                self._reported_invalid.add(key)
+                self._log.warning("skipping invalid kvstore entry", key=key, error=err.reason)
+            # Like Cilium, keep the last valid value: the entry is still owned by the remote.
+            if entry is not None:
+                entry.stale = False
+            return
+        self._reported_invalid.discard(key)
+        self._entries[name] = _Entry(raw, value)
+        self._observer.on_upsert(name, value)
+
+    def _delete(self, name: str) -> None:
+        self._reported_invalid.discard(self.prefix + name)
+        if self._entries.pop(name, None) is not None:
+            self._observer.on_delete(name)
+
+    def _sweep(self) -> None:
+        for name in [n for n, e in self._entries.items() if e.stale]:
+            self._delete(name)
+        if not self.synced.is_set():
+            self.synced.set()
+            callbacks, self._sync_callbacks = self._sync_callbacks, []
+            for callback in callbacks:
+                callback()
