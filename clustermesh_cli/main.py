@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import click
 
+from clustermesh_cli.demo import demo
 from clustermesh_cli.wire import wire
+from meshcore.log import configure as configure_logging
 
 __all__ = ["cli", "CONTEXT_SETTINGS"]
 
@@ -16,7 +18,15 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 
 
 @click.group(name="clustermesh", context_settings=CONTEXT_SETTINGS)
-def cli() -> None:
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="warning",
+    show_default=True,
+    help="Least severe log events to print (to stderr).",
+)
+@click.option("--log-json", is_flag=True, help="Print log events as JSON lines.")
+def cli(log_level: str, log_json: bool) -> None:
     """Run and inspect a Cilium-ClusterMesh-compatible mesh.
 
     Each cluster publishes its nodes, services, identities and pod IPs into an etcd that
@@ -28,12 +38,15 @@ def cli() -> None:
       clustermesh wire --help          what the kvstore values look like
       clustermesh wire encode -h       turn a JSON value into Cilium's exact bytes
       clustermesh wire decode -h       check a value read from etcd, pretty-printed
+      clustermesh demo                 two clusters' etcds, one exporting, one reading
 
     Exit status: 0 on success, 1 when the input is invalid, 2 on a usage error.
     """
+    configure_logging(level=log_level, json=log_json)
 
 
 cli.add_command(wire)
+cli.add_command(demo)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ from meshcore.kvstore.types import KVStore
 from meshcore.log import get_logger
 from meshcore.store.listwatch import Delete, ListDone, ListStart, Upsert, list_and_watch
 from meshcore.store.syncstore import LeaseSource
+from meshcore.wire.keys import cluster_config_key
 
-CLUSTER_CONFIG_PREFIX = "cilium/cluster-config"
 REASSERT_INTERVAL = 300.0
 
 
@@ -33,7 +33,7 @@ class ClusterConfigWriter:
         *,
         reassert_interval: float = REASSERT_INTERVAL,
     ) -> None:
-        self.key = f"{CLUSTER_CONFIG_PREFIX}/{cluster}"
+        self.key = cluster_config_key(cluster)
         self.value = value
         self._kv = kv
         self._leases = leases
@@ -57,7 +57,8 @@ class ClusterConfigWriter:
                 await self._kv.put(self.key, self.value, lease=lease)
             except KVStoreError as err:
                 self.last_error = str(err)
-                self._log.warning("cluster config write failed, retrying", error=str(err))
+                log = self._log.warning if backoff.attempt == 0 else self._log.debug
+                log("cluster config write failed, retrying", error=str(err))
                 await backoff.wait()
                 continue
             self.written.set()

@@ -13,8 +13,8 @@ from meshcore.errors import KVStoreError
 from meshcore.kvstore.types import KVStore
 from meshcore.log import get_logger
 from meshcore.store.syncstore import LeaseSource, rfc3339_now
+from meshcore.wire.keys import HEARTBEAT as HEARTBEAT_KEY
 
-HEARTBEAT_KEY = "cilium/.heartbeat"
 # Cilium's HeartbeatWriteInterval.
 HEARTBEAT_INTERVAL = 60.0
 
@@ -48,7 +48,8 @@ class HeartbeatWriter:
                 await self.beat()
             except KVStoreError as err:
                 self.last_error = str(err)
-                self._log.warning("heartbeat write failed, retrying", error=str(err))
+                log = self._log.warning if backoff.attempt == 0 else self._log.debug
+                log("heartbeat write failed, retrying", error=str(err))
                 await backoff.wait()
                 continue
             backoff.reset()

@@ -88,6 +88,11 @@ async def list_and_watch(
                     yield Upsert(item.key, item.value, item.mod_revision)
                 revision = snapshot.revision
                 yield ListDone(revision)
+            elif not connected:
+                # A resumed watch may stay silent for long: confirm etcd answers before saying so.
+                await kv.get(prefix)
+                connected = True
+                yield Connection(True)
             async for batch in kv.watch(prefix, start_revision=revision + 1):
                 if not connected:
                     connected = True

@@ -24,8 +24,7 @@ from meshcore.backoff import Backoff
 from meshcore.errors import KVStoreError, LeaseExpiredError
 from meshcore.kvstore.types import MAX_TXN_OPS, DeleteOp, KVStore, PutOp, TxnOp
 from meshcore.log import get_logger
-
-SYNCED_PREFIX = "cilium/synced"
+from meshcore.wire.keys import synced_key
 
 
 class LeaseSource(Protocol):
@@ -45,11 +44,6 @@ def rfc3339_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def canary_key(cluster: str, synced_key: str) -> str:
-    """``cilium/synced/<cluster>/<synced_key>`` (Cilium's JoinKey of the three)."""
-    return "/".join(part.strip("/") for part in (SYNCED_PREFIX, cluster, synced_key) if part.strip("/"))
-
-
 @dataclass(frozen=True, slots=True)
 class SyncStoreStatus:
     prefix: str
@@ -66,6 +60,9 @@ class SyncStore:
 
     ``name`` arguments are the key with the prefix removed (Cilium's ``GetKeyName``). Run
     :meth:`run` in a task group; without ``leases`` keys are written without a lease.
+    ``canary_prefix`` overrides the prefix named in the canary key (Cilium's
+    ``WSSWithSyncedKeyOverride``: the identities store writes under ``.../identities/v1/id`` but
+    announces ``.../identities/v1``).
     """
 
     def __init__(
@@ -75,14 +72,14 @@ class SyncStore:
         *,
         cluster: str,
         leases: LeaseSource | None,
-        synced_key: str | None = None,
+        canary_prefix: str | None = None,
         batch_size: int = MAX_TXN_OPS,
         backoff: Backoff | None = None,
     ) -> None:
         if not 1 <= batch_size <= MAX_TXN_OPS:
             raise ValueError(f"batch_size {batch_size} must be in 1..{MAX_TXN_OPS}")
         self.prefix = prefix.rstrip("/")
-        self.canary_key = canary_key(cluster, synced_key or self.prefix)
+        self.canary_key = synced_key(cluster, canary_prefix or self.prefix)
         self._kv = kv
         self._leases = leases
         self._batch_size = batch_size
@@ -162,11 +159,7 @@ class SyncStore:
             try:
                 progressed = await self._write_batch()
                 progressed = await self._maybe_write_canary() or progressed
-            except LeaseExpiredError as err:
-                self._note_failure(err)
-                await self._backoff.wait()
-                continue
-            except KVStoreError as err:
+            except KVStoreError as err:  # LeaseExpiredError included: its leases were invalidated
                 self._note_failure(err)
                 await self._backoff.wait()
                 continue
@@ -256,7 +249,9 @@ class SyncStore:
     def _note_failure(self, err: Exception) -> None:
         self.failures += 1
         self.last_error = str(err)
-        self._log.warning("kvstore write failed, retrying", error=str(err), pending=len(self._dirty))
+        # The first failure of a streak is worth a warning; the retries behind it are not.
+        log = self._log.warning if self._backoff.attempt == 0 else self._log.debug
+        log("kvstore write failed, retrying", error=str(err), pending=len(self._dirty))
 
     def _invalidate_leases(self, ops: list[TxnOp]) -> None:
         if self._leases is None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
+from lab.wait import poll_until
 from meshcore.kvstore.types import KVStore
 
 
@@ -32,19 +34,28 @@ def raw(name: str, value: bytes) -> bytes:
 
 async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], *, within: float = 20.0) -> None:
     """Poll ``check`` until it is true; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.05)
+    if not await poll_until(check, within=within):
+        raise AssertionError(f"condition not met within {within}s")
 
 
 async def etcd_view(kv: KVStore, prefix: str) -> dict[str, bytes]:
     """What etcd holds under ``prefix``, keyed like a watch store names entries."""
     result = await kv.list_prefix(prefix)
     return {item.key[len(prefix) :]: item.value for item in result.items}
+
+
+@contextlib.asynccontextmanager
+async def running(*coros: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run ``coros`` as tasks for the duration of the block, then cancel them."""
+    tasks = [asyncio.create_task(c) for c in coros]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]

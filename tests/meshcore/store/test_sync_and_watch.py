@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
 
 import pytest
 
@@ -15,26 +12,9 @@ from meshcore.kvstore.client import EtcdClient
 from meshcore.kvstore.leases import LeaseManager
 from meshcore.store.syncstore import SyncStore
 from meshcore.store.watchstore import WatchStore
-from tests.meshcore.store.helpers import RecordingObserver, etcd_view, eventually, raw
+from tests.meshcore.store.helpers import RecordingObserver, etcd_view, eventually, raw, running
 
 PREFIX = "cilium/state/test/v1/c1"
-
-
-@contextlib.asynccontextmanager
-async def running(*coros: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
-    """Run ``coros`` as tasks for the duration of the block, then cancel them."""
-    tasks = [asyncio.create_task(c) for c in coros]
-    try:
-        yield
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for task in tasks:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
 
 
 async def test_sync_store_writes_leased_keys_then_canary(etcd_client: EtcdClient) -> None:
