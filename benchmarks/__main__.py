@@ -1,0 +1,20 @@
+"""``python -m benchmarks [--keys N]`` (``make bench``): run every benchmark and print its figures."""
+
+from __future__ import annotations
+
+import argparse
+
+from benchmarks import kvstore
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--keys", type=int, default=50000, help="keys per kvstore case (default 50000)")
+    args = parser.parse_args()
+    if args.keys < 128:
+        parser.error("--keys must be at least 128")
+    kvstore.main(args.keys)
+
+
+if __name__ == "__main__":
+    main()
