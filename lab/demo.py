@@ -293,7 +293,8 @@ class Demo:
             stores["ip"].upsert(new_ep.prefix_string(), new_ep.encode())
             moved = demo_service([*frontends[:-1], new_ep.ip])
             stores["services"].upsert(moved.key_name(), moved.encode())
-            await poll_until(lambda: not any(w.connected for w in watchers.values()), within=10)
+            if not await poll_until(lambda: not any(w.connected for w in watchers.values()), within=10):
+                raise RuntimeError(f"{READER} did not notice the outage within 10 s")
             self.say(f"{READER} notices: connected={[w.connected for w in watchers.values()]}, entries kept")
             await asyncio.sleep(1.0)
             await etcd1.restart_async()
@@ -303,7 +304,9 @@ class Demo:
             async def converged() -> bool:
                 for kind, watcher in watchers.items():
                     listing = await reader.list_prefix(watcher.prefix)
-                    if {i.key[len(watcher.prefix) :] for i in listing.items} != set(views[kind].entries):
+                    in_etcd = {i.key[len(watcher.prefix) :]: i.value for i in listing.items}
+                    seen = {name: record.encode() for name, record in views[kind].entries.items()}
+                    if in_etcd != seen:
                         return False
                 return True
 
@@ -317,7 +320,8 @@ class Demo:
             bogus = Node(name="bogus", cluster="cluster9", cluster_id=9)
             await root.put(wk.node_key(EXPORTER, "bogus"), bogus.encode())
             await root.put(wk.node_key(EXPORTER, "broken"), b'{"Name": 42')
-            await poll_until(lambda: watchers["nodes"].invalid_total >= 2, within=10)
+            if not await poll_until(lambda: watchers["nodes"].invalid_total >= 2, within=10):
+                raise RuntimeError("the bad entries were not rejected within 10 s")
             self.say(
                 f"bad remote entries rejected: {watchers['nodes'].invalid_total}; "
                 f"last: [italic]{watchers['nodes'].last_error}[/italic]"

@@ -124,8 +124,10 @@ class LeaseManager:
         backoff = Backoff(initial=_RETRY_INITIAL, maximum=self.interval)
         delay = self.interval
         while True:
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a racing cancellation.
             try:
-                await asyncio.wait_for(self._wakeup.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wakeup.wait()
             except TimeoutError:
                 pass
             if self._wakeup.is_set():

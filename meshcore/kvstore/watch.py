@@ -82,7 +82,8 @@ async def _open(
         call = stubs.watch.Watch(metadata=_REQUIRE_LEADER)
         try:
             await call.write(create)
-            resp = await asyncio.wait_for(call.read(), timeout)
+            async with asyncio.timeout(timeout):
+                resp = await call.read()
         except TimeoutError:
             call.cancel()
             raise KVStoreUnavailableError(
@@ -137,7 +138,8 @@ async def _cancel(call: grpc.aio.StreamStreamCall, watch_id: int) -> None:
     try:
         if not call.done():
             req = rpc_pb2.WatchRequest(cancel_request=rpc_pb2.WatchCancelRequest(watch_id=watch_id))
-            await asyncio.wait_for(call.write(req), _CANCEL_WRITE_TIMEOUT)
+            async with asyncio.timeout(_CANCEL_WRITE_TIMEOUT):
+                await call.write(req)
     except Exception:
         pass  # best effort: cancelling the stream below drops the watch as well
     finally:

@@ -15,6 +15,7 @@ The stream of events it yields is what a reader needs to keep an exact copy of a
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from meshcore.backoff import Backoff
@@ -93,17 +94,19 @@ async def list_and_watch(
                 await kv.get(prefix)
                 connected = True
                 yield Connection(True)
-            async for batch in kv.watch(prefix, start_revision=revision + 1):
-                if not connected:
-                    connected = True
-                    yield Connection(True)
-                backoff.reset()
-                for event in batch.events:
-                    if event.type is EventType.PUT:
-                        yield Upsert(event.key, event.value, event.mod_revision)
-                    else:
-                        yield Delete(event.key, event.mod_revision)
-                revision = max(revision, batch.revision)
+            # aclosing: when our consumer stops, end the gRPC stream now, not at garbage collection.
+            async with aclosing(kv.watch(prefix, start_revision=revision + 1)) as batches:
+                async for batch in batches:
+                    if not connected:
+                        connected = True
+                        yield Connection(True)
+                    backoff.reset()
+                    for event in batch.events:
+                        if event.type is EventType.PUT:
+                            yield Upsert(event.key, event.value, event.mod_revision)
+                        else:
+                            yield Delete(event.key, event.mod_revision)
+                    revision = max(revision, batch.revision)
             # The server ended the stream without an error: watch again from where we are.
         except (WatchCompactedError, ClusterChangedError) as err:
             log.info("kvstore history gone, re-listing", reason=str(err))
