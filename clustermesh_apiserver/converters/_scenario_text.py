@@ -1,6 +1,6 @@
 """Script side of Cilium's txtar script tests, independent of what runs the component.
 
-Implements what ``/work/shared/conformance/cilium/SOURCES.md`` documents for the
+Implements what ``shared/conformance/cilium/SOURCES.md`` documents for the
 ``cilium/hive`` script engine: the ``#!`` flag line, sections (a ``#`` line starts one), the
 ``*`` (retry) and ``!`` (must fail) prefixes, word splitting where only single quotes group
 (``''`` inside quotes is a literal ``'``) and ``$VAR``/``${VAR}`` expand outside them, and the

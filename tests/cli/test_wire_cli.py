@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import subprocess
@@ -13,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from lab.shared import REFERENCE_DOC
+
 PROJECT = Path(__file__).resolve().parents[2]
-REFERENCE = Path(os.environ.get("CILIUM_REFERENCE_DOC", "/work/shared/reference/cilium-clustermesh.md"))
+REFERENCE = REFERENCE_DOC
 
 
 def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:

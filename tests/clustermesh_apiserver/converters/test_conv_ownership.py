@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from clustermesh_apiserver.converters import cilium_endpoint_owner, cilium_endpoint_to_pairs, ipcache_tracker
 from clustermesh_apiserver.converters.ownership import OwnershipTracker
+from lab.shared import CONFORMANCE_DIR
 from meshcore import txtar
 
-CORPUS = Path("/work/shared/conformance/cilium/clustermesh-apiserver/clustermesh/testdata")
+CORPUS = CONFORMANCE_DIR / "clustermesh-apiserver/clustermesh/testdata"
 SHARED_IP = "10.244.2.91"
 
 

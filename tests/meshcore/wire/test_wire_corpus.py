@@ -14,24 +14,23 @@ decode each value with the record type its key prefix selects, re-encode it, re-
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lab.shared import CONFORMANCE_DIR
 from meshcore import txtar
 from meshcore.wire import check_key, codec_for, decode_generic, encode_generic, go_indent
 from meshcore.wire.clusterinfo import identity_in_cluster_range
 from meshcore.wire.identity import LabelSet
 from meshcore.wire.keys import parse_key
 
-CORPUS = Path(os.environ.get("CILIUM_CONFORMANCE_DIR", "/work/shared/conformance/cilium"))
+CORPUS = CONFORMANCE_DIR
 
 # file (relative to CORPUS) -> (what is normalised, regex removed from the expected text).
 # globalnamespace.txtar is the only stored version and predates Mask becoming omitempty.

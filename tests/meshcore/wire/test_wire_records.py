@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
+from lab.shared import REFERENCE_DOC
 from meshcore.errors import WireError
 from meshcore.wire import (
     CIDR,
@@ -40,7 +39,7 @@ from meshcore.wire import (
 )
 from meshcore.wire.keys import ip_key
 
-REFERENCE = Path(os.environ.get("CILIUM_REFERENCE_DOC", "/work/shared/reference/cilium-clustermesh.md"))
+REFERENCE = REFERENCE_DOC
 
 
 def reference_sample(section: str) -> tuple[str | None, bytes]:
