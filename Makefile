@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo test lint bench protos clean
+.PHONY: setup demo test lint bench protos clean conformance
 
 setup:
 	@bash scripts/setup.sh
@@ -25,3 +25,6 @@ protos: setup
 
 clean:
 	rm -rf .venv .setup.log .pytest_cache .mypy_cache
+
+conformance: setup
+	@$(PY) -m lab.conformance

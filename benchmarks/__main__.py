@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks import kvstore
+from benchmarks import apiserver, kvstore
 
 
 def main() -> None:
@@ -14,6 +14,7 @@ def main() -> None:
     if args.keys < 128:
         parser.error("--keys must be at least 128")
     kvstore.main(args.keys)
+    apiserver.main(10000)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from clustermesh_cli.certs import certs
 from clustermesh_cli.demo import demo
 from clustermesh_cli.wire import wire
 from meshcore.log import configure as configure_logging
@@ -47,6 +48,7 @@ def cli(log_level: str, log_json: bool) -> None:
 
 cli.add_command(wire)
 cli.add_command(demo)
+cli.add_command(certs)
 
 
 if __name__ == "__main__":

@@ -68,3 +68,15 @@ class LeaseExpiredError(KVStoreError):
 
 class TxnTooLargeError(KVStoreError):
     """A transaction held more operations than etcd accepts (128 by default)."""
+
+
+class K8sError(MeshError):
+    """A Kubernetes API request failed (unreachable, refused, or answered with an error)."""
+
+
+class K8sGoneError(K8sError):
+    """The requested resourceVersion is too old (HTTP 410): list again."""
+
+
+class K8sNotFoundError(K8sError):
+    """The object or the resource type does not exist (HTTP 404), e.g. a CRD not yet installed."""

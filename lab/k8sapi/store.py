@@ -169,8 +169,12 @@ class ObjectStore:
     """
 
     def __init__(self, registry: KindRegistry | None = None, *, history_limit: int = 10_000,
-                 require_namespaces: bool = True, default_namespaces: Iterable[str] = DEFAULT_NAMESPACES) -> None:
+                 require_namespaces: bool = True, default_namespaces: Iterable[str] = DEFAULT_NAMESPACES,
+                 server_defaults: bool = True) -> None:
+        """``server_defaults=False`` stores objects as given, like client-go's fake clientset that
+        Cilium's script tests use: no defaulted fields, and a given ``creationTimestamp`` is kept."""
         self.registry = registry or KindRegistry()
+        self.server_defaults = server_defaults
         self.history_limit = history_limit
         self.require_namespaces = require_namespaces
         self._lock = threading.RLock()
@@ -311,10 +315,12 @@ class ObjectStore:
             for k in ("deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion"):
                 md.pop(k, None)
             md["uid"] = str(uuid.uuid4())
-            md["creationTimestamp"] = now_rfc3339()
+            if self.server_defaults or not md.get("creationTimestamp"):
+                md["creationTimestamp"] = now_rfc3339()
             if info.crd or info.storage_key == CRD_KIND.storage_key:
                 md["generation"] = 1
-            self._defaulter.apply(info, obj, None)
+            if self.server_defaults:
+                self._defaulter.apply(info, obj, None)
             md["resourceVersion"] = self._next_rv()
             self._commit(info, "ADDED", obj, None)
         return self._out(info, obj, copy)
@@ -391,7 +397,8 @@ class ObjectStore:
                 md["generation"] = int(old_md["generation"]) + 1
         new["apiVersion"], new["kind"] = info.api_version, info.kind
         new["metadata"]["resourceVersion"] = old_md["resourceVersion"]
-        self._defaulter.apply(info, new, old)
+        if self.server_defaults:
+            self._defaulter.apply(info, new, old)
         if new == old:
             return self._out(info, old, copy)  # no-op writes do not bump the resourceVersion
         new["metadata"]["resourceVersion"] = self._next_rv()
