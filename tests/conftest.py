@@ -8,7 +8,18 @@ from pathlib import Path
 import pytest
 
 from lab.etcd import EtcdFleet, EtcdProcess
+from lab.shared import CONFORMANCE_DIR, REFERENCE_DOC
 from meshcore.kvstore.client import EtcdClient
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The corpus and reference tests need ``shared/`` beside the clone (as CI has it)."""
+    missing = [p for p in (CONFORMANCE_DIR, REFERENCE_DOC) if not p.exists()]
+    if missing:
+        raise pytest.UsageError(
+            f"missing {', '.join(map(str, missing))}: the tests read the project's shared/ folder, expected "
+            "beside this clone; set CLUSTERMESH_SHARED_DIR (or CILIUM_CONFORMANCE_DIR / CILIUM_REFERENCE_DOC)"
+        )
 
 
 @pytest.fixture
