@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -22,6 +23,7 @@ from meshcore.kvstore.types import KVStore
 from meshcore.log import get_logger
 from meshcore.store.listwatch import (
     Connection,
+    ListWatchEvent,
     Delete,
     ListDone,
     ListStart,
@@ -71,7 +73,7 @@ class WatchStore(Generic[T]):
 
     def __init__(
         self,
-        kv: KVStore,
+        kv: KVStore | None,
         prefix: str,
         decode: Decoder[T],
         observer: Observer[T],
@@ -119,23 +121,36 @@ class WatchStore(Generic[T]):
             last_error=self.last_error,
         )
 
-    async def run(self) -> None:
-        """List and watch until cancelled. Entries are kept on cancellation (see :meth:`drain`)."""
-        async for event in list_and_watch(self._kv, self.prefix, backoff=self._backoff):
-            if isinstance(event, Upsert):
-                self._upsert(event.key, event.value)
-            elif isinstance(event, Delete):
-                self._delete(event.key[len(self.prefix) :])
-            elif isinstance(event, ListStart):
-                self.connected = True
-                for entry in self._entries.values():
-                    entry.stale = True
-            elif isinstance(event, ListDone):
-                self._sweep()
-            elif isinstance(event, Connection):
-                self.connected = event.connected
-                if not event.connected:
-                    self.last_error = event.reason
+    async def run(self, kv: KVStore | None = None) -> None:
+        """List and watch until cancelled. Entries are kept on cancellation (see :meth:`drain`).
+
+        ``kv`` replaces the connection given at construction: a store run again on a new
+        connection (after a reconnect) starts with a snapshot and sweeps what did not come back.
+        """
+        if kv is not None:
+            self._kv = kv
+        if self._kv is None:
+            raise ValueError(f"WatchStore {self.prefix}: no kvstore to watch")
+        events = list_and_watch(self._kv, self.prefix, backoff=self._backoff)
+        async with aclosing(events):
+            async for event in events:
+                self._handle(event)
+
+    def _handle(self, event: ListWatchEvent) -> None:
+        if isinstance(event, Upsert):
+            self._upsert(event.key, event.value)
+        elif isinstance(event, Delete):
+            self._delete(event.key[len(self.prefix) :])
+        elif isinstance(event, ListStart):
+            self.connected = True
+            for entry in self._entries.values():
+                entry.stale = True
+        elif isinstance(event, ListDone):
+            self._sweep()
+        elif isinstance(event, Connection):
+            self.connected = event.connected
+            if not event.connected:
+                self.last_error = event.reason
 
     def drain(self) -> None:
         """Delete every entry (the remote cluster was removed, not merely disconnected)."""
