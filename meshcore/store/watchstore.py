@@ -23,10 +23,10 @@ from meshcore.kvstore.types import KVStore
 from meshcore.log import get_logger
 from meshcore.store.listwatch import (
     Connection,
-    ListWatchEvent,
     Delete,
     ListDone,
     ListStart,
+    ListWatchEvent,
     Upsert,
     list_and_watch,
 )
