@@ -1,1 +1,2 @@
-"""Being connected to remote clusters (config directory, connections, cluster config, heartbeat, IDs, status), shared by the agent and KVStoreMesh."""
+"""Being connected to remote clusters: config directory, connections, cluster config, heartbeat,
+cluster IDs and status; shared by the agent and KVStoreMesh (see :mod:`.types`)."""
