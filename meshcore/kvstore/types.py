@@ -98,6 +98,11 @@ class EndpointStatus:
 class KVStore(Protocol):
     """The operations the stores need from etcd. All keys and prefixes are text."""
 
+    @property
+    def cluster_id(self) -> int:
+        """The ID of the etcd cluster last answered by (0 before any answer)."""
+        ...
+
     async def get(self, key: str) -> KeyValue | None: ...
 
     async def list_prefix(self, prefix: str) -> ListResult: ...

@@ -15,7 +15,7 @@ from meshcore.errors import KVStoreError
 from meshcore.kvstore.types import KVStore
 from meshcore.log import get_logger
 from meshcore.store.listwatch import Delete, ListDone, ListStart, Upsert, list_and_watch
-from meshcore.store.syncstore import LeaseSource
+from meshcore.store.syncstore import LeaseSource, leased_put
 from meshcore.wire.keys import cluster_config_key
 
 REASSERT_INTERVAL = 300.0
@@ -53,8 +53,7 @@ class ClusterConfigWriter:
         backoff = Backoff(initial=0.2, maximum=5.0)
         while True:
             try:
-                lease = await self._leases.acquire(self.key) if self._leases is not None else 0
-                await self._kv.put(self.key, self.value, lease=lease)
+                await leased_put(self._kv, self._leases, self.key, self.value)
             except KVStoreError as err:
                 self.last_error = str(err)
                 log = self._log.warning if backoff.attempt == 0 else self._log.debug

@@ -12,7 +12,7 @@ from meshcore.backoff import Backoff
 from meshcore.errors import KVStoreError
 from meshcore.kvstore.types import KVStore
 from meshcore.log import get_logger
-from meshcore.store.syncstore import LeaseSource, rfc3339_now
+from meshcore.store.syncstore import LeaseSource, leased_put, rfc3339_now
 from meshcore.wire.keys import HEARTBEAT as HEARTBEAT_KEY
 
 # Cilium's HeartbeatWriteInterval.
@@ -35,8 +35,7 @@ class HeartbeatWriter:
 
     async def beat(self) -> None:
         """Write one heartbeat now; raises :class:`KVStoreError` if etcd refuses."""
-        lease = await self._leases.acquire(HEARTBEAT_KEY) if self._leases is not None else 0
-        await self._kv.put(HEARTBEAT_KEY, rfc3339_now().encode(), lease=lease)
+        await leased_put(self._kv, self._leases, HEARTBEAT_KEY, rfc3339_now().encode())
         self.beats += 1
         self.written.set()
 

@@ -76,6 +76,7 @@ async def list_and_watch(
     log = get_logger(__name__, prefix=prefix)
     backoff = backoff or Backoff(initial=0.2, maximum=10.0)
     revision = 0  # the last revision we have seen everything up to; 0 = need a snapshot
+    cluster = 0  # the etcd cluster that revision belongs to
     connected = True
     while True:
         try:
@@ -88,12 +89,19 @@ async def list_and_watch(
                 for item in snapshot.items:
                     yield Upsert(item.key, item.value, item.mod_revision)
                 revision = snapshot.revision
+                cluster = kv.cluster_id
                 yield ListDone(revision)
             elif not connected:
                 # A resumed watch may stay silent for long: confirm etcd answers before saying so.
                 await kv.get(prefix)
                 connected = True
                 yield Connection(True)
+                if kv.cluster_id != cluster:
+                    # Replaced behind our back (another user of this client saw the change first):
+                    # our revision means nothing there.
+                    log.info("kvstore cluster replaced, re-listing", old=f"{cluster:x}", new=f"{kv.cluster_id:x}")
+                    revision = 0
+                    continue
             # aclosing: when our consumer stops, end the gRPC stream now, not at garbage collection.
             async with aclosing(kv.watch(prefix, start_revision=revision + 1)) as batches:
                 async for batch in batches:

@@ -39,6 +39,18 @@ class LeaseSource(Protocol):
     def invalidate(self, lease_id: int) -> None: ...
 
 
+async def leased_put(kv: KVStore, leases: LeaseSource | None, key: str, value: bytes) -> int:
+    """Put ``key`` on its lease from ``leases`` (none: unleased). A lease etcd no longer knows is
+    invalidated at once, so the retry gets a fresh one instead of waiting for the keepalive round."""
+    lease = await leases.acquire(key) if leases is not None else 0
+    try:
+        return await kv.put(key, value, lease=lease)
+    except LeaseExpiredError:
+        if leases is not None:
+            leases.invalidate(lease)
+        raise
+
+
 def rfc3339_now() -> str:
     """The current time as Go's ``time.Now().UTC().Format(time.RFC3339)``."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -219,13 +231,7 @@ class SyncStore:
     async def _maybe_write_canary(self) -> bool:
         if not self._canary_due():
             return False
-        lease = await self._leases.acquire(self.canary_key) if self._leases is not None else 0
-        try:
-            await self._kv.put(self.canary_key, rfc3339_now().encode(), lease=lease)
-        except LeaseExpiredError:
-            if self._leases is not None:
-                self._leases.invalidate(lease)
-            raise
+        await leased_put(self._kv, self._leases, self.canary_key, rfc3339_now().encode())
         self.writes += 1
         self._canary_written = True
         self._log.debug("wrote synced canary", key=self.canary_key)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from lab.etcd import EtcdProcess
+from meshcore.errors import ClusterChangedError
 from meshcore.kvstore.client import EtcdClient
 from meshcore.kvstore.leases import LeaseManager
 from meshcore.store.clusterconfig import ClusterConfigWriter
@@ -75,3 +77,27 @@ async def test_cluster_config_restart_keeps_the_key(etcd_client: EtcdClient) -> 
             else:
                 assert kv.create_revision == created
                 assert kv.lease == leases.lease_of("cilium/cluster-config/cluster3")
+
+
+async def test_writers_recover_at_once_from_a_wiped_etcd(etcd: EtcdProcess, etcd_client: EtcdClient) -> None:
+    """After etcd comes back empty (its leases gone), the heartbeat and the cluster config are
+    written again on a new lease well before the keepalive round (ttl / 3 = 20 s here)."""
+    leases = LeaseManager(etcd_client, ttl=60)
+    heartbeat = HeartbeatWriter(etcd_client, leases, interval=0.2)
+    value = b'{"id":3}'
+    config = ClusterConfigWriter(etcd_client, leases, "cluster3", value)
+    async with running(leases.run(), heartbeat.run(), config.run()):
+        await asyncio.wait_for(asyncio.gather(heartbeat.written.wait(), config.written.wait()), 10)
+        etcd.kill()
+        etcd.wipe()
+        await etcd.restart_async()
+
+        async def both_back() -> bool:
+            try:
+                hb = await etcd_client.get(HEARTBEAT_KEY)
+                cfg = await etcd_client.get("cilium/cluster-config/cluster3")
+            except ClusterChangedError:  # reported once, to whichever call sees the new cluster first
+                return False
+            return hb is not None and cfg is not None and cfg.value == value
+
+        await eventually(both_back, within=10)
