@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks import apiserver, kvstore
+from benchmarks import agent_scale, apiserver, kvstore
 
 
 def main() -> None:
@@ -15,6 +15,7 @@ def main() -> None:
         parser.error("--keys must be at least 128")
     kvstore.main(args.keys)
     apiserver.main(10000)
+    agent_scale.main()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""``clustermesh-apiserver``: the command line of the daemon (``clustermesh``) and of the one-shot
-etcd setup (``etcdinit``), with Cilium's flag names.
+"""``clustermesh-apiserver``: the command line of the daemon (``clustermesh``), of KVStoreMesh
+(``kvstoremesh``) and of the one-shot etcd setup (``etcdinit``), with Cilium's flag names.
 
 Exit status: 0 on success (and after SIGTERM/SIGINT), 1 when something outside the command line
 failed (etcd unreachable, ...), 2 on a usage error (bad or missing flags).
@@ -8,6 +8,7 @@ failed (etcd unreachable, ...), 2 on a usage error (bad or missing flags).
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -280,6 +281,119 @@ def etcdinit_command(
     except MeshError as err:
         click.echo(f"Error: etcdinit failed: {err}", err=True)
         sys.exit(1)
+
+
+class _Duration(click.ParamType[float, Any]):
+    """A duration: Go style (``15s``, ``10m``, ``1m30s``) or plain seconds (``2.5``)."""
+
+    name = "duration"
+    _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        text = str(value).strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            self.fail(f"{value!r} is not a duration (e.g. 15s, 10m, 1m30s, or seconds)", param, ctx)
+        return sum(float(n) * self._UNITS[u] for n, u in parts)
+
+
+@main.command("kvstoremesh", context_settings=CONTEXT_SETTINGS)
+@click.option("--cluster-name", required=True, help="This cluster's name (its own file in the config dir is ignored).")
+@click.option("--cluster-id", type=int, required=True,
+              help="This cluster's ID: remotes may not use it (1..255, or 1..511).")
+@click.option("--max-connected-clusters", type=int, default=255, show_default=True, help="255 or 511.")
+@click.option("--clustermesh-config", "config_dir", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Directory with one etcd config YAML per remote cluster, named after it "
+              "(secret cilium-kvstoremesh mounted at /var/lib/cilium/clustermesh).")
+@etcd_options
+@click.option("--health-port", type=click.IntRange(0, 65535), default=9881, show_default=True,
+              help="Port of /healthz, /readyz and /v1/cluster (0 picks a free port).")
+@click.option("--health-address", default="127.0.0.1", show_default=True,
+              help="Address the health endpoint binds (0.0.0.0 for kubelet probes from outside the pod).")
+@click.option("--kvstore-lease-ttl", "lease_ttl", type=click.IntRange(5), default=900, show_default=True,
+              help="Seconds a cached key outlives this process if it dies.")
+@click.option("--per-cluster-ready-timeout", type=_Duration(), default="15s", show_default=True,
+              help="A remote that has not connected within this does not hold up readiness.")
+@click.option("--global-ready-timeout", type=_Duration(), default="10m", show_default=True,
+              help="Report ready after this even if some remote has not synced.")
+@click.option("--drain-grace-period", type=_Duration(), default="3m", show_default=True, hidden=True,
+              help="After a remote is removed: time between deleting its cluster config and its cache.")
+@click.option("--heartbeat/--no-heartbeat", default=True, show_default=True,
+              help="Also write cilium/.heartbeat into the local etcd (agents require it).")
+def kvstoremesh_command(
+    cluster_name: str,
+    cluster_id: int,
+    max_connected_clusters: int,
+    config_dir: Path,
+    kvstore_opts: tuple[str, ...],
+    etcd_config: Path | None,
+    etcd_endpoints: str | None,
+    etcd_ca: Path | None,
+    etcd_cert: Path | None,
+    etcd_key: Path | None,
+    health_port: int,
+    health_address: str,
+    lease_ttl: int,
+    per_cluster_ready_timeout: float,
+    global_ready_timeout: float,
+    drain_grace_period: float,
+    heartbeat: bool,
+) -> None:
+    """Cache every remote cluster's state in the local etcd, so agents need one connection.
+
+    \b
+    For each remote <r> of --clustermesh-config, reads its etcd (read-only) and writes, leased,
+    into the local etcd given by the etcd flags:
+      cilium/cluster-config/<r>          the remote's config, with cached and syncedCanaries set
+      cilium/cache/nodes/v1/<r>/...      from cilium/state/nodes/v1/<r>/
+      cilium/cache/services/v1/<r>/...   from cilium/state/services/v1/<r>/
+      cilium/cache/identities/v1/<r>/id/ from cilium/state/identities/v1/id/
+      cilium/cache/ip/v1/<r>/...         from cilium/state/ip/v1/default/
+      cilium/synced/<r>/cilium/cache/<type>/v1   once each type is complete
+
+    \b
+    Example:
+      clustermesh-apiserver kvstoremesh --cluster-name c1 --cluster-id 1 \\
+        --clustermesh-config /var/lib/cilium/clustermesh \\
+        --kvstore-opt etcd.config=/var/lib/cilium/etcd-config.yaml
+
+    /readyz answers 200 once every remote synced (or the ready timeouts expired); /v1/cluster
+    lists the remote clusters in Cilium's status JSON. A removed remote's cluster config is
+    deleted at once and its cache after the grace period.
+    """
+    from clustermesh_apiserver.kvstoremesh import KvstoreMeshConfig, run_kvstoremesh
+    from meshcore.wire.clusterinfo import cluster_id_max, validate_cluster_name
+
+    try:
+        validate_cluster_name(cluster_name, cluster_id=cluster_id)
+        limit = cluster_id_max(max_connected_clusters)
+    except MeshError as err:
+        raise click.UsageError(str(err)) from None
+    if not 1 <= cluster_id <= limit:
+        raise click.UsageError(f"--cluster-id must be in 1..{limit}, got {cluster_id}")
+    etcd = resolve_etcd(kvstore_opts, etcd_config, etcd_endpoints, etcd_ca, etcd_cert, etcd_key)
+    config = KvstoreMeshConfig(
+        cluster_name=cluster_name,
+        cluster_id=cluster_id,
+        config_dir=config_dir,
+        etcd=etcd,
+        max_connected_clusters=max_connected_clusters,
+        health_address=health_address,
+        health_port=health_port,
+        lease_ttl=lease_ttl,
+        per_cluster_ready_timeout=per_cluster_ready_timeout,
+        global_ready_timeout=global_ready_timeout,
+        drain_grace=drain_grace_period,
+        heartbeat_interval=60.0 if heartbeat else None,
+    )
+    _run_until_signalled(lambda: run_kvstoremesh(config))
 
 
 def _run_until_signalled(run: Callable[[], Coroutine[Any, Any, None]]) -> None:

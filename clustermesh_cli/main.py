@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import click
 
+from clustermesh_cli.agent import agent
 from clustermesh_cli.certs import certs
 from clustermesh_cli.demo import demo
+from clustermesh_cli.status import status
 from clustermesh_cli.wire import wire
 from meshcore.log import configure as configure_logging
 
@@ -49,6 +51,8 @@ def cli(log_level: str, log_json: bool) -> None:
 cli.add_command(wire)
 cli.add_command(demo)
 cli.add_command(certs)
+cli.add_command(status)
+cli.add_command(agent)
 
 
 if __name__ == "__main__":

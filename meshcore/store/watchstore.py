@@ -48,7 +48,9 @@ class Observer(Protocol[T_contra]):
 
 @dataclass(slots=True)
 class _Entry(Generic[T]):
-    raw: bytes
+    # A 64-bit hash of the raw value, not the value: it only has to tell "unchanged" on a re-list,
+    # and at 250k remote entries the raw bytes would cost more memory than the decoded records.
+    digest: int
     value: T
     stale: bool = False
 
@@ -160,7 +162,8 @@ class WatchStore(Generic[T]):
     def _upsert(self, key: str, raw: bytes) -> None:
         name = key[len(self.prefix) :]
         entry = self._entries.get(name)
-        if entry is not None and entry.raw == raw:
+        digest = hash(raw)
+        if entry is not None and entry.digest == digest:
             entry.stale = False
             return
         try:
@@ -176,7 +179,7 @@ class WatchStore(Generic[T]):
                 entry.stale = False
             return
         self._reported_invalid.discard(key)
-        self._entries[name] = _Entry(raw, value)
+        self._entries[name] = _Entry(digest, value)
         self._observer.on_upsert(name, value)
 
     def _delete(self, name: str) -> None:

@@ -1,0 +1,149 @@
+"""``clustermesh-agent``: the per-node agent's command line (Cilium's flag names where they exist).
+
+Exit status: 0 after SIGTERM/SIGINT, 1 when something outside the command line failed (the socket
+cannot be served, ...), 2 on a usage error (bad or missing flags, a datapath not implemented yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import click
+
+from agent.config import DATAPATH_NOT_IMPLEMENTED, DATAPATHS, AgentConfig
+from meshcore.errors import ConfigError, MeshError
+from meshcore.log import configure as configure_logging
+from meshcore.log import get_logger
+
+__all__ = ["main"]
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+DEFAULT_STATE_DIR = Path("/var/run/clustermesh-agent")
+
+
+def _default_node_name() -> str:
+    return os.environ.get("K8S_NODE_NAME") or socket.gethostname()
+
+
+@click.command(name="clustermesh-agent", context_settings=CONTEXT_SETTINGS)
+@click.option("--cluster-name", required=True, help="This cluster's name: lowercase, digits and '-', at most 32.")
+@click.option("--cluster-id", type=int, required=True,
+              help="This cluster's ID, unique in the mesh: 1..255 (1..511 with --max-connected-clusters 511).")
+@click.option("--node-name", default=_default_node_name, show_default="$K8S_NODE_NAME, else the hostname",
+              help="The node this agent runs on.")
+@click.option("--clustermesh-config", type=click.Path(path_type=Path), required=True, metavar="DIR",
+              help="Directory with one etcd config (YAML) per remote cluster, named after the cluster; "
+              "files are picked up, changed and removed while running.")
+@click.option("--kvstore-config", type=click.Path(path_type=Path), metavar="FILE",
+              help="etcd config (YAML) of this cluster's own kvstore. Optional; checked but not used yet.")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE_DIR,
+              show_default=True, help="Directory for the agent's runtime state (created mode 0700).")
+@click.option("--agent-socket", type=click.Path(dir_okay=False, path_type=Path),
+              help="Unix socket of the local API (mode 0600)  [default: <state-dir>/agent.sock]")
+@click.option("--datapath", type=click.Choice(DATAPATHS), default="bpf", show_default=True,
+              help="bpf: program BPF maps, routes and WireGuard (not implemented yet). none: control plane "
+              "only; the desired state is served on GET /v1/desired.")
+@click.option("--metrics-port", type=int, default=0, show_default=True,
+              help="TCP port for /metrics (0 = off; /metrics is always on the socket).")
+@click.option("--metrics-address", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")
+@click.option("--clustermesh-sync-timeout", "sync_timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for the initial sync of all remote clusters; after that, log one warning "
+              "and carry on as if synced.")
+@click.option("--heartbeat-timeout", type=float, default=120.0, show_default=True,
+              help="Seconds without a cilium/.heartbeat update after which a remote counts as not ready.")
+@click.option("--max-connected-clusters", type=int, default=255, show_default=True,
+              help="255 or 511; every cluster of a mesh must use the same value.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True, help="Least severe log events to print (to stderr).")
+@click.option("--log-json", is_flag=True, help="Print log events as JSON lines.")
+def main(
+    cluster_name: str,
+    cluster_id: int,
+    node_name: str,
+    clustermesh_config: Path,
+    kvstore_config: Path | None,
+    state_dir: Path,
+    agent_socket: Path | None,
+    datapath: str,
+    metrics_port: int,
+    metrics_address: str,
+    sync_timeout: float,
+    heartbeat_timeout: float,
+    max_connected_clusters: int,
+    log_level: str,
+    log_json: bool,
+) -> None:
+    """Connect this node to every remote cluster of the mesh and keep their state in sync.
+
+    \b
+    Per remote cluster (a file in --clustermesh-config, as Cilium mounts the secret
+    cilium-clustermesh): connect to its etcd, read its cluster config, watch its nodes,
+    services, ipcache entries and identities (validated: wrong cluster name or ID and
+    identities outside its range are skipped and counted), and turn them into the desired
+    datapath state.
+
+    \b
+    Inspect it with:
+      clustermesh status --agent-socket <state-dir>/agent.sock
+      clustermesh agent dump --agent-socket <state-dir>/agent.sock -o json
+    """
+    configure_logging(level=log_level, json=log_json)
+    if datapath == "bpf":
+        raise click.UsageError(DATAPATH_NOT_IMPLEMENTED)
+    config = AgentConfig(
+        cluster_name=cluster_name,
+        cluster_id=cluster_id,
+        node_name=node_name,
+        clustermesh_config=clustermesh_config,
+        state_dir=state_dir,
+        agent_socket=agent_socket,
+        kvstore_config=kvstore_config,
+        datapath=datapath,
+        metrics_port=metrics_port,
+        metrics_address=metrics_address,
+        sync_timeout=sync_timeout,
+        heartbeat_timeout=heartbeat_timeout,
+        max_connected_clusters=max_connected_clusters,
+    )
+    try:
+        config.validate()
+        config.local_etcd()
+    except ConfigError as err:
+        raise click.UsageError(str(err)) from None
+    _run(config)
+
+
+def _run(config: AgentConfig) -> None:
+    """Run the agent until it fails or SIGTERM/SIGINT arrives (then stop gracefully)."""
+    from agent.daemon import Agent
+
+    log = get_logger(__name__)
+
+    async def supervise() -> None:
+        agent = Agent(config)
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(agent.run(), name="agent")
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            log.info("stopped by signal")
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    try:
+        asyncio.run(supervise())
+    except MeshError as err:
+        click.echo(f"Error: {err}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main(prog_name="clustermesh-agent")
