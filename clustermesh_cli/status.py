@@ -62,6 +62,15 @@ def agent_get(socket_path: Path, path: str, *, timeout: float = 10.0) -> Any:
     """``GET path`` from the agent on ``socket_path``; the decoded JSON body.
 
     Raises :class:`AgentUnreachableError` with what to do when the agent cannot be asked."""
+    body = agent_get_raw(socket_path, path, timeout=timeout)
+    try:
+        return json.loads(body)
+    except ValueError as err:
+        raise AgentUnreachableError(f"agent answered GET {path} with invalid JSON: {err}") from None
+
+
+def agent_get_raw(socket_path: Path, path: str, *, timeout: float = 10.0) -> bytes:
+    """``GET path`` from the agent on ``socket_path``; the body as sent (e.g. ``/metrics``)."""
     if not socket_path.exists():
         raise AgentUnreachableError(
             f"agent socket {socket_path} does not exist: is clustermesh-agent running on this node? "
@@ -87,10 +96,7 @@ def agent_get(socket_path: Path, path: str, *, timeout: float = 10.0) -> Any:
         conn.close()
     if resp.status != 200:
         raise AgentUnreachableError(f"agent answered {resp.status} to GET {path}: {body[:200]!r}")
-    try:
-        return json.loads(body)
-    except ValueError as err:
-        raise AgentUnreachableError(f"agent answered GET {path} with invalid JSON: {err}") from None
+    return body
 
 
 def socket_option(func: Any) -> Any:
