@@ -16,13 +16,13 @@ from pathlib import Path
 import click
 
 from agent.config import DATAPATH_NOT_IMPLEMENTED, DATAPATHS, AgentConfig
+from meshcore.cliopts import CONTEXT_SETTINGS, log_options
 from meshcore.errors import ConfigError, MeshError
 from meshcore.log import configure as configure_logging
 from meshcore.log import get_logger
 
 __all__ = ["main"]
 
-CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DEFAULT_STATE_DIR = Path("/var/run/clustermesh-agent")
 
 
@@ -58,9 +58,7 @@ def _default_node_name() -> str:
               help="Seconds without a cilium/.heartbeat update after which a remote counts as not ready.")
 @click.option("--max-connected-clusters", type=int, default=255, show_default=True,
               help="255 or 511; every cluster of a mesh must use the same value.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
-              show_default=True, help="Least severe log events to print (to stderr).")
-@click.option("--log-json", is_flag=True, help="Print log events as JSON lines.")
+@log_options()
 def main(
     cluster_name: str,
     cluster_id: int,

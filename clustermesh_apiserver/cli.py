@@ -20,13 +20,13 @@ import click
 from clustermesh_apiserver.config import SERVICE_V2_MODES, ApiServerConfig
 from clustermesh_apiserver.etcdinit import etcd_init
 from clustermesh_apiserver.server import ApiServer
+from meshcore.cliopts import CONTEXT_SETTINGS, log_options
 from meshcore.errors import ConfigError, MeshError
 from meshcore.kvstore.client import EtcdClient
 from meshcore.kvstore.config import EtcdClientConfig, load_etcd_config
 from meshcore.log import configure as configure_logging
 from meshcore.log import get_logger
 
-CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 # --kvstore-opt keys Cilium accepts that tune its client; taken and ignored here.
 _IGNORED_KVSTORE_OPTS = ("etcd.qps", "etcd.bootstrapQps", "etcd.maxInflight", "etcd.keepaliveHeartbeat",
                          "etcd.keepaliveTimeout", "etcd.listLimit")
@@ -35,14 +35,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group(name="clustermesh-apiserver", context_settings=CONTEXT_SETTINGS)
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    help="Least severe log events to print (to stderr).",
-)
-@click.option("--log-json", is_flag=True, help="Print log events as JSON lines.")
+@log_options()
 def main(log_level: str, log_json: bool) -> None:
     """Publish this cluster's state into its clustermesh etcd, the way Cilium does.
 

@@ -13,22 +13,15 @@ from clustermesh_cli.certs import certs
 from clustermesh_cli.demo import demo
 from clustermesh_cli.status import status
 from clustermesh_cli.wire import wire
+from meshcore.cliopts import CONTEXT_SETTINGS, log_options
 from meshcore.log import configure as configure_logging
 
 __all__ = ["cli", "CONTEXT_SETTINGS"]
 
-CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 @click.group(name="clustermesh", context_settings=CONTEXT_SETTINGS)
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="warning",
-    show_default=True,
-    help="Least severe log events to print (to stderr).",
-)
-@click.option("--log-json", is_flag=True, help="Print log events as JSON lines.")
+@log_options(default="warning")
 def cli(log_level: str, log_json: bool) -> None:
     """Run and inspect a Cilium-ClusterMesh-compatible mesh.
 
