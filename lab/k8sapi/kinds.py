@@ -76,6 +76,7 @@ BUILTIN_KINDS: tuple[KindInfo, ...] = (
     _row("", "v1", "Event", "events", NAMESPACED, ("ev",)),
     _row("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", NAMESPACED),
     _row("coordination.k8s.io", "v1", "Lease", "leases", NAMESPACED),
+    _row("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", NAMESPACED, ("netpol",)),
     _row("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", CLUSTER,
          ("crd", "crds"), True),
 )
@@ -88,6 +89,10 @@ DEFAULT_CRD_KINDS: tuple[KindInfo, ...] = (
     _row("cilium.io", "v2", "CiliumIdentity", "ciliumidentities", CLUSTER, ("ciliumid",), False, ("cilium",), True),
     _row("cilium.io", "v2", "CiliumEndpoint", "ciliumendpoints", NAMESPACED, ("cep", "ciliumep"), False,
          ("cilium",), True),
+    _row("cilium.io", "v2", "CiliumNetworkPolicy", "ciliumnetworkpolicies", NAMESPACED, ("cnp", "ciliumnp"), True,
+         ("cilium", "ciliumpolicy"), True),
+    _row("cilium.io", "v2", "CiliumClusterwideNetworkPolicy", "ciliumclusterwidenetworkpolicies", CLUSTER,
+         ("ccnp",), True, ("cilium", "ciliumpolicy"), True),
     _row("cilium.io", "v2alpha1", "CiliumEndpointSlice", "ciliumendpointslices", CLUSTER, ("ces",), False,
          ("cilium",), True),
     _row("multicluster.x-k8s.io", "v1alpha1", "ServiceExport", "serviceexports", NAMESPACED, ("svcex",), True,
