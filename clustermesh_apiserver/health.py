@@ -14,6 +14,8 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from meshcore.httpserver import HttpServer
+
 
 class HealthServer:
     """Serves the three endpoints on ``address:port`` (port 0 picks a free one)."""
@@ -32,33 +34,19 @@ class HealthServer:
         self._ready = ready
         self._health = health
         self._registry = registry
-        self._runner: web.AppRunner | None = None
+        self._server: HttpServer | None = None
         self.url = ""
 
     async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self._address, self._port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        host, port = server.sockets[0].getsockname()[:2]
-        host = f"[{host}]" if ":" in host else host
-        self.url = f"http://{host}:{port}"
+        routes = {"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": self._metrics}
+        self._server = HttpServer(routes, address=self._address, port=self._port)
+        await self._server.start()
+        self.url = self._server.url
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
+        if self._server is not None:
+            server, self._server = self._server, None
+            await server.stop()
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.Response(text=json.dumps(self._health(), indent=1) + "\n", content_type="application/json")

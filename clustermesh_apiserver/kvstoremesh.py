@@ -48,6 +48,7 @@ from meshcore.backoff import Backoff
 from meshcore.clustermesh.remote import ClusterMesh
 from meshcore.clustermesh.types import RemoteClusterStatus, RemoteCounts
 from meshcore.errors import KVStoreError
+from meshcore.httpserver import HttpServer
 from meshcore.kvstore.client import EtcdClient
 from meshcore.kvstore.config import EtcdClientConfig
 from meshcore.kvstore.leases import LeaseManager
@@ -463,33 +464,19 @@ class KvstoreMeshHTTP:
         self._kvstoremesh = kvstoremesh
         self._address = address
         self._port = port
-        self._runner: web.AppRunner | None = None
+        self._server: HttpServer | None = None
         self.url = ""
 
     async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/v1/cluster", self._clusters)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self._address, self._port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        host, port = server.sockets[0].getsockname()[:2]
-        host = f"[{host}]" if ":" in host else host
-        self.url = f"http://{host}:{port}"
+        routes = {"/healthz": self._healthz, "/readyz": self._readyz, "/v1/cluster": self._clusters}
+        self._server = HttpServer(routes, address=self._address, port=self._port)
+        await self._server.start()
+        self.url = self._server.url
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
+        if self._server is not None:
+            server, self._server = self._server, None
+            await server.stop()
 
     async def _healthz(self, _: web.Request) -> web.Response:
         statuses = self._kvstoremesh.status()
