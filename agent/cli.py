@@ -1,7 +1,7 @@
 """``clustermesh-agent``: the per-node agent's command line (Cilium's flag names where they exist).
 
 Exit status: 0 after SIGTERM/SIGINT, 1 when something outside the command line failed (the socket
-cannot be served, ...), 2 on a usage error (bad or missing flags, a datapath not implemented yet).
+cannot be served, ...), 2 on a usage error (bad or missing flags, --datapath bpf without --kvstore-config).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from agent.config import DATAPATH_NOT_IMPLEMENTED, DATAPATHS, AgentConfig
+from agent.config import DATAPATHS, DEFAULT_PIN_ROOT, AgentConfig
 from meshcore.cliopts import CONTEXT_SETTINGS, log_options
 from meshcore.errors import ConfigError, MeshError
 from meshcore.log import configure as configure_logging
@@ -40,14 +40,28 @@ def _default_node_name() -> str:
               help="Directory with one etcd config (YAML) per remote cluster, named after the cluster; "
               "files are picked up, changed and removed while running.")
 @click.option("--kvstore-config", type=click.Path(path_type=Path), metavar="FILE",
-              help="etcd config (YAML) of this cluster's own kvstore. Optional; checked but not used yet.")
+              help="etcd config (YAML) of this cluster's own kvstore; with --datapath bpf (required there) the "
+              "node's endpoints, identities and global services are read from it.")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False, path_type=Path),
+              help="kubeconfig of this cluster's Kubernetes API: policies (CiliumNetworkPolicy, "
+              "CiliumClusterwideNetworkPolicy, NetworkPolicy) and Service affinity annotations are watched there "
+              "(--datapath bpf). Without it no policy is enforced.")
+@click.option("--pin-root", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_PIN_ROOT,
+              show_default=True, help="bpffs directory; this node's maps are pinned in <pin-root>/<node-name>/.")
+@click.option("--tunnel-device", default="cilium_vxlan", show_default=True,
+              help="The VXLAN collect-metadata device (dstport 8472) the agent creates if missing.")
+@click.option("--underlay-device", metavar="IFNAME",
+              help="Device carrying node-to-node traffic (its IPv4 address is the node IP)  "
+              "[default: the first device with a global IPv4 address]")
+@click.option("--cgroup", type=click.Path(file_okay=False, path_type=Path),
+              help="cgroup v2 directory whose sockets get global-service load-balancing (default: none).")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE_DIR,
               show_default=True, help="Directory for the agent's runtime state (created mode 0700).")
 @click.option("--agent-socket", type=click.Path(dir_okay=False, path_type=Path),
               help="Unix socket of the local API (mode 0600)  [default: <state-dir>/agent.sock]")
 @click.option("--datapath", type=click.Choice(DATAPATHS), default="bpf", show_default=True,
-              help="bpf: program BPF maps, routes and WireGuard (not implemented yet). none: control plane "
-              "only; the desired state is served on GET /v1/desired.")
+              help="bpf: load the eBPF datapath in this network namespace and keep its pinned maps equal to "
+              "the desired state. none: control plane only; the desired state is served on GET /v1/desired.")
 @click.option("--metrics-port", type=int, default=0, show_default=True,
               help="TCP port for /metrics (0 = off; /metrics is always on the socket).")
 @click.option("--metrics-address", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")
@@ -65,6 +79,11 @@ def main(
     node_name: str,
     clustermesh_config: Path,
     kvstore_config: Path | None,
+    kubeconfig: Path | None,
+    pin_root: Path,
+    tunnel_device: str,
+    underlay_device: str | None,
+    cgroup: Path | None,
     state_dir: Path,
     agent_socket: Path | None,
     datapath: str,
@@ -91,8 +110,6 @@ def main(
       clustermesh agent dump --agent-socket <state-dir>/agent.sock -o json
     """
     configure_logging(level=log_level, json=log_json)
-    if datapath == "bpf":
-        raise click.UsageError(DATAPATH_NOT_IMPLEMENTED)
     config = AgentConfig(
         cluster_name=cluster_name,
         cluster_id=cluster_id,
@@ -107,6 +124,11 @@ def main(
         sync_timeout=sync_timeout,
         heartbeat_timeout=heartbeat_timeout,
         max_connected_clusters=max_connected_clusters,
+        kubeconfig=kubeconfig,
+        pin_root=pin_root,
+        tunnel_device=tunnel_device,
+        underlay_device=underlay_device,
+        cgroup=cgroup,
     )
     try:
         config.validate()

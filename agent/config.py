@@ -9,14 +9,14 @@ from meshcore.errors import ConfigError, WireError
 from meshcore.kvstore.config import EtcdClientConfig, load_etcd_config
 from meshcore.wire.clusterinfo import validate_cluster_id, validate_cluster_name
 
-__all__ = ["DATAPATHS", "DATAPATH_NOT_IMPLEMENTED", "AgentConfig"]
+__all__ = ["DATAPATHS", "BPF_NEEDS_KVSTORE", "AgentConfig"]
 
 DATAPATHS = ("bpf", "none")
-DATAPATH_NOT_IMPLEMENTED = (
-    "--datapath bpf is not implemented yet: programming BPF maps, routes and WireGuard peers from the "
-    "desired state is the datapath issue (bpf/ loader and reconcilers), still open. "
-    "Use --datapath none to run the control plane only (desired state on GET /v1/desired)."
+BPF_NEEDS_KVSTORE = (
+    "--datapath bpf needs --kvstore-config: this node's endpoints (pods) and identities are read from "
+    "this cluster's own kvstore. Use --datapath none to run the control plane only."
 )
+DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/clustermesh")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,11 @@ class AgentConfig:
     config_interval: float = 1.0
     debounce: float = 0.2
     max_debounce: float = 2.0
+    kubeconfig: Path | None = None
+    pin_root: Path = DEFAULT_PIN_ROOT
+    tunnel_device: str = "cilium_vxlan"
+    underlay_device: str | None = None
+    cgroup: Path | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -69,6 +74,10 @@ class AgentConfig:
             raise ConfigError("--node-name must not be empty (default: $K8S_NODE_NAME, else the hostname)")
         if self.datapath not in DATAPATHS:
             raise ConfigError(f"--datapath must be one of {', '.join(DATAPATHS)}, got {self.datapath!r}")
+        if self.datapath == "bpf" and self.kvstore_config is None:
+            raise ConfigError(BPF_NEEDS_KVSTORE)
+        if not 1 <= len(self.tunnel_device) <= 15:
+            raise ConfigError(f"--tunnel-device {self.tunnel_device!r} must be 1..15 characters (a device name)")
         if not self.clustermesh_config.is_dir():
             raise ConfigError(
                 f"--clustermesh-config {self.clustermesh_config} is not a directory; it must hold one etcd"

@@ -14,15 +14,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agent.api import AgentAPI
 from agent.caches import MeshCaches
 from agent.config import AgentConfig
+from agent.datapath.node import NodeDatapath, NodeDatapathConfig, watch_affinities
 from agent.desired import DesiredState, LocalInfo, build_desired
 from agent.metrics import AgentMetrics
 from agent.remote import AgentWorkFactory
 from meshcore.clustermesh.remote import ClusterMesh
+from meshcore.errors import MeshError
 from meshcore.log import get_logger
 
 __all__ = ["Agent"]
@@ -57,7 +60,20 @@ class Agent:
         self._desired_json: tuple[int, bytes] | None = None
         self.synced: bool | None = None  # None while waiting, then whether it finished in time
         self._initial_sync = asyncio.Event()
+        self._synced_build = asyncio.Event()  # the first desired state built after the initial sync
         self.started_at = time.time()
+        self.datapath: NodeDatapath | None = None
+        if config.datapath == "bpf":
+            self.datapath = NodeDatapath(
+                self.local,
+                NodeDatapathConfig(
+                    pin_root=config.pin_root,
+                    tunnel_device=config.tunnel_device,
+                    underlay_device=config.underlay_device,
+                    cgroup=config.cgroup,
+                ),
+            )
+        self.policies: Any = None
         self.api = AgentAPI(
             config.socket_path,
             status=self.status_json,
@@ -70,6 +86,16 @@ class Agent:
 
     async def run(self) -> None:
         """Serve and follow the remote clusters until cancelled."""
+        k8s: Any = None
+        if self.datapath is not None:
+            # bcc compiles here (seconds); a failure is fatal (exit 1) with the compiler's message.
+            await asyncio.to_thread(self.datapath.start)
+            if self.config.kubeconfig is not None:
+                from agent.policy.source import PolicySource
+                from meshcore.k8s.client import K8sApi
+
+                k8s = await K8sApi.from_kubeconfig(self.config.kubeconfig)
+                self.policies = PolicySource(k8s)
         await self.api.start()
         self._log.info("agent API listening", socket=str(self.config.socket_path), metrics=self.api.metrics_url)
         try:
@@ -77,8 +103,49 @@ class Agent:
                 tasks.create_task(self.mesh.run(), name="clustermesh")
                 tasks.create_task(self._rebuild_desired(), name="desired state")
                 tasks.create_task(self._wait_synced(), name="initial sync")
+                if self.datapath is not None:
+                    tasks.create_task(self._run_datapath(self.datapath, k8s), name="datapath")
         finally:
             await self.api.stop()
+            if k8s is not None:
+                await k8s.close()
+            if self.datapath is not None:
+                self.datapath.close()  # releases fds only: maps and programs stay
+
+    async def _run_datapath(self, datapath: NodeDatapath, k8s: Any) -> None:
+        from meshcore.kvstore.client import EtcdClient
+
+        local_etcd = self.local_etcd
+        assert local_etcd is not None  # validated: bpf needs --kvstore-config
+        policies = self.policies
+
+        def changed() -> object:
+            return (self.desired_version, policies.version if policies is not None else 0)
+
+        kv = EtcdClient(local_etcd)
+        while True:  # the local etcd may come up after the agent: retry, bounded by cancellation
+            try:
+                await kv.connect()
+                break
+            except MeshError as err:
+                self._log.warning("local kvstore unreachable, retrying", error=str(err))
+                await asyncio.sleep(1.0)
+        try:
+            await self._datapath_tasks(datapath, k8s, kv, policies, changed)
+        finally:
+            await kv.close()
+
+    async def _datapath_tasks(
+        self, datapath: NodeDatapath, k8s: Any, kv: Any, policies: Any, changed: Callable[[], object]
+    ) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(datapath.poll_local(kv), name="local kvstore")
+            if policies is not None:
+                tasks.create_task(policies.run(), name="policy source")
+                tasks.create_task(watch_affinities(k8s, datapath), name="service affinities")
+            tasks.create_task(
+                datapath.run(lambda: self.desired, self._synced_build.wait(), policies, changed), name="reconcilers"
+            )
 
     # ---- status ----
 
@@ -105,6 +172,8 @@ class Agent:
                 },
                 "uptime-seconds": round(time.time() - self.started_at, 1),
             },
+            "datapath": self.datapath.status_json() if self.datapath is not None else None,
+            "policy": self.policies.status() if self.policies is not None else None,
         }
 
     def desired_json(self) -> bytes:
@@ -136,6 +205,7 @@ class Agent:
         await self._initial_sync.wait()
         if self.caches.version != self.desired_version:
             await self._build()
+        self._synced_build.set()
         while True:
             await self.caches.wait_changed(self.desired_version)
             first = time.monotonic()

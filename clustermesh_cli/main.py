@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from clustermesh_cli.agent import agent
+from clustermesh_cli.bpf import bpf
 from clustermesh_cli.certs import certs
 from clustermesh_cli.demo import demo
 from clustermesh_cli.status import status
@@ -46,6 +47,7 @@ cli.add_command(demo)
 cli.add_command(certs)
 cli.add_command(status)
 cli.add_command(agent)
+cli.add_command(bpf)
 
 
 if __name__ == "__main__":

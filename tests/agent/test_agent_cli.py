@@ -25,7 +25,7 @@ def invoke(tmp_path: Path, *args: str) -> tuple[int, str]:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--cluster-name", "c1", "--cluster-id", "1"], "--datapath bpf is not implemented yet"),
+        (["--cluster-name", "c1", "--cluster-id", "1"], "--datapath bpf needs --kvstore-config"),
         (["--cluster-name", "c1", "--cluster-id", "0", "--datapath", "none"], "cluster ID 0 is reserved"),
         (["--cluster-name", "c1", "--cluster-id", "256", "--datapath", "none"], "out of range 1..255"),
         (["--cluster-name", "c1", "--cluster-id", "300", "--max-connected-clusters", "511", "--datapath", "none",
@@ -47,11 +47,11 @@ def test_flag_errors_exit_2_with_a_clear_message(tmp_path: Path, args: list[str]
     assert message in " ".join(output.split()), output
 
 
-def test_bpf_datapath_names_the_datapath_issue(tmp_path: Path) -> None:
+def test_bpf_datapath_needs_the_local_kvstore(tmp_path: Path) -> None:
     code, output = invoke(tmp_path, "--cluster-name", "c1", "--cluster-id", "1", "--datapath", "bpf")
     assert code == 2
     flat = " ".join(output.split())
-    assert "datapath issue" in flat and "--datapath none" in flat
+    assert "--kvstore-config" in flat and "--datapath none" in flat
 
 
 def test_missing_config_dir_and_bad_kvstore_config(tmp_path: Path) -> None:

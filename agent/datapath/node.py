@@ -1,0 +1,475 @@
+"""The node datapath manager: what ``clustermesh-agent --datapath bpf`` runs, inside the node's
+network namespace (the agent is started with ``ip netns exec <node-ns> ...`` in the lab).
+
+At start (:meth:`NodeDatapath.start`, blocking, run in a thread):
+
+1. create the VXLAN ``external`` (collect-metadata) device ``tunnel_device`` on ``underlay_device``
+   with dstport 8472, unless it exists (idempotent: a restarted agent reuses it);
+2. ``Datapath.load`` the programs against the node's pinned maps (bcc compile), attach
+   ``to_tunnel``/``from_tunnel`` to the VXLAN device, and the socket LB to ``cgroup`` if given.
+
+Then (:meth:`NodeDatapath.run`) it keeps the maps equal to the desired state with one
+:class:`~meshcore.reconcile.Reconciler` per map:
+
+- local endpoints come from the local cluster's etcd (``--kvstore-config``): the ipcache entries
+  whose ``HostIP`` is this node's underlay IP, with their identities. Each pod's host-side veth is
+  the device of the node's route to the pod IP; ``from_pod``/``to_pod`` are attached there with
+  the endpoint ID (the low 16 bits of the pod IPv4 address: stable across restarts) and identity;
+- ipcache: the remote clusters' entries (the agent's :class:`~agent.desired.DesiredState`) plus
+  the local cluster's endpoints (this node's without a tunnel endpoint, other nodes' tunnelled to
+  their ``HostIP``), so ``to_pod`` resolves sources;
+- policy/policy_enforce: :func:`~agent.policy.compute_policy` over the policies watched in the
+  local cluster (``--kubeconfig``), the local endpoints and every known identity; policy entries
+  are synced before enforcement is switched on;
+- services: per global service of the local cluster (its record in the local etcd), its local
+  backends plus the remote clusters' backends, with the affinity annotation of the local Service.
+
+Nothing is programmed before the clustermesh initial sync (or its timeout) and the first local
+read: a restarted agent must not sweep live entries from a half-synced view. Nothing is torn down
+on exit: pinned maps and attached programs keep forwarding until the next agent resyncs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import aclosing, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.datapath.targets import (
+    EndpointsTarget,
+    EnforceTarget,
+    GlobalService,
+    IPCacheTarget,
+    PolicyTarget,
+    ServicesTarget,
+    endpoint_key,
+    enforce_desired,
+    ipcache_desired,
+    parse_affinity,
+    policy_desired,
+    services_desired,
+)
+from agent.desired import Backend, DesiredState, IPCacheEntry, LocalInfo
+from agent.policy.resolve import PolicyState, compute_policy
+from bpf.maps import DEFAULT_PIN_ROOT
+from meshcore.errors import MeshError
+from meshcore.log import get_logger
+from meshcore.reconcile import Reconciler
+from meshcore.wire import ClusterService, IPIdentityPair, LabelSet
+from meshcore.wire import keys as wirekeys
+
+__all__ = [
+    "DEFAULT_TUNNEL_DEVICE",
+    "VXLAN_PORT",
+    "NodeDatapathConfig",
+    "LocalEndpoint",
+    "LocalState",
+    "NodeDatapath",
+    "endpoint_id_of",
+]
+
+DEFAULT_TUNNEL_DEVICE = "cilium_vxlan"
+VXLAN_PORT = 8472
+
+
+class DatapathError(MeshError):
+    """The node's datapath could not be set up."""
+
+
+@dataclass(frozen=True)
+class NodeDatapathConfig:
+    """Where the node's datapath lives (flags ``--pin-root``, ``--tunnel-device``,
+    ``--underlay-device``, ``--cgroup``). ``underlay_device`` None: the first device with a global
+    IPv4 address (other than the tunnel device)."""
+
+    pin_root: Path = Path(DEFAULT_PIN_ROOT)
+    tunnel_device: str = DEFAULT_TUNNEL_DEVICE
+    underlay_device: str | None = None
+    cgroup: Path | None = None
+    local_poll_interval: float = 1.0
+    policy_sync_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class LocalEndpoint:
+    """A pod of this node."""
+
+    ip: str
+    identity: int
+    endpoint_id: int
+    ifname: str
+    ifindex: int
+
+
+@dataclass(frozen=True)
+class LocalState:
+    """What the local cluster's etcd says (read whole, each poll)."""
+
+    pairs: tuple[IPIdentityPair, ...] = ()
+    identities: Mapping[int, LabelSet] = field(default_factory=dict)
+    services: tuple[ClusterService, ...] = ()
+
+
+def endpoint_id_of(ip: str) -> int:
+    """The endpoint ID of a local pod: the low 16 bits of its IPv4 address (never 0)."""
+    return int(ipaddress.ip_address(ip)) & 0xFFFF or 0xFFFF
+
+
+class NodeDatapath:
+    """One node's datapath (see the module docstring)."""
+
+    def __init__(self, local: LocalInfo, config: NodeDatapathConfig) -> None:
+        self.local = local
+        self.config = config
+        self.node_ip = ""
+        self.dp: Any = None  # bpf.loader.Datapath, once started
+        self.endpoints: dict[str, LocalEndpoint] = {}
+        self.local_state: LocalState | None = None
+        self.policy_state: PolicyState | None = None
+        self.affinities: dict[str, Any] = {}
+        self.reconcilers: dict[str, Reconciler[Any, Any]] = {}
+        self.started = False
+        self.programmed = False
+        self.last_error = ""
+        self._version = 0
+        self._changed = asyncio.Event()
+        self._local_read = asyncio.Event()
+        self._log = get_logger(__name__, node=local.node_name)
+
+    # ---- setup (blocking) ----
+
+    def start(self) -> None:
+        """Create the tunnel device, load and attach the programs (idempotent across restarts)."""
+        from pyroute2 import IPRoute
+
+        from bpf.loader import Datapath, DatapathConfig
+
+        with IPRoute() as ipr:
+            underlay = self.config.underlay_device or self._guess_underlay(ipr)
+            found = ipr.link_lookup(ifname=underlay)
+            if not found:
+                raise DatapathError(f"no underlay device {underlay!r} in this network namespace (--underlay-device)")
+            ul = int(found[0])
+            addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2, index=ul)]
+            if not addrs:
+                raise DatapathError(f"underlay device {underlay!r} has no IPv4 address")
+            self.node_ip = str(addrs[0])
+            if not ipr.link_lookup(ifname=self.config.tunnel_device):
+                ipr.link(
+                    "add",
+                    ifname=self.config.tunnel_device,
+                    kind="vxlan",
+                    vxlan_collect_metadata=1,
+                    vxlan_port=VXLAN_PORT,
+                    vxlan_link=ul,
+                    vxlan_learning=0,
+                )
+                self._log.info("tunnel device created", device=self.config.tunnel_device, underlay=underlay)
+            vx = int(ipr.link_lookup(ifname=self.config.tunnel_device)[0])
+            ipr.link("set", index=vx, state="up")
+        _check_bpffs(self.config.pin_root)
+        self.dp = Datapath.load(
+            self.local.node_name,
+            self.config.pin_root,
+            DatapathConfig(
+                tunnel_device=self.config.tunnel_device,
+                cgroup=str(self.config.cgroup) if self.config.cgroup else None,
+            ),
+        )
+        self.dp.attach_tunnel()
+        maps = self.dp.maps
+        self.reconcilers = {
+            "ipcache": Reconciler("ipcache", IPCacheTarget(maps), batch_size=65536),
+            "endpoints": Reconciler("endpoints", EndpointsTarget(maps)),
+            "policy": Reconciler("policy", PolicyTarget(maps), batch_size=65536),
+            "policy_enforce": Reconciler("policy_enforce", EnforceTarget(maps)),
+            "services": Reconciler("services", ServicesTarget(maps)),
+        }
+        self.started = True
+        self._log.info("datapath loaded", node_ip=self.node_ip, pins=str(maps.directory))
+
+    def _guess_underlay(self, ipr: Any) -> str:
+        for addr in ipr.get_addr(family=2):
+            if addr.get("scope") != 0:
+                continue
+            name = ipr.get_links(addr["index"])[0].get_attr("IFLA_IFNAME")
+            if name not in ("lo", self.config.tunnel_device):
+                return str(name)
+        raise DatapathError("no device with a global IPv4 address: name one with --underlay-device")
+
+    def close(self) -> None:
+        """Release this process's handles; everything attached and pinned stays."""
+        if self.dp is not None:
+            self.dp.close()
+            self.dp = None
+
+    # ---- inputs ----
+
+    def touch(self) -> None:
+        """An input changed: recompute the desired maps."""
+        self._version += 1
+        self._changed.set()
+
+    def set_local_state(self, state: LocalState) -> None:
+        if state != self.local_state:
+            self.local_state = state
+            self.touch()
+        self._local_read.set()
+
+    def set_affinities(self, affinities: dict[str, Any]) -> None:
+        if affinities != self.affinities:
+            self.affinities = affinities
+            self.touch()
+
+    async def poll_local(self, kv: Any) -> None:
+        """Read the local cluster's etcd every ``local_poll_interval`` (forever)."""
+        cluster = self.local.cluster_name
+        services_prefix = wirekeys.watch_prefix("service", cluster)
+        while True:
+            try:
+                pairs = await kv.list_prefix(wirekeys.IP_DEFAULT + "/")
+                ids = await kv.list_prefix(wirekeys.IDENTITIES_ID + "/")
+                svcs = await kv.list_prefix(services_prefix)
+                state = LocalState(
+                    pairs=tuple(_decode(IPIdentityPair.decode, kvp) for kvp in pairs.items),
+                    identities={
+                        int(kvp.key.rsplit("/", 1)[1]): _decode(LabelSet.decode, kvp)
+                        for kvp in ids.items
+                        if kvp.key.rsplit("/", 1)[1].isdigit()
+                    },
+                    services=tuple(_decode(ClusterService.decode, kvp) for kvp in svcs.items),
+                )
+                self.set_local_state(_clean(state))
+            except Exception as err:  # keep the last state; retry
+                self.last_error = f"local kvstore: {type(err).__name__}: {err}"
+                self._log.warning("local kvstore read failed", error=self.last_error)
+            await asyncio.sleep(self.config.local_poll_interval)
+
+    # ---- the feeding loop ----
+
+    async def run(
+        self,
+        desired: Callable[[], DesiredState],
+        initial_sync: Awaitable[object],
+        policies: Any = None,
+        changed: Callable[[], object] | None = None,
+    ) -> None:
+        """Run the reconcilers and feed them whenever an input changes (forever).
+
+        ``desired`` returns the agent's current desired state; ``changed`` a version that moves
+        when it (or the policies) change; ``policies`` is an optional
+        :class:`~agent.policy.source.PolicySource`."""
+        async with asyncio.TaskGroup() as tasks:
+            for rec in self.reconcilers.values():
+                tasks.create_task(rec.run(), name=f"reconciler {rec.name}")
+            await initial_sync
+            await self._local_read.wait()
+            if policies is not None:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(_policies_synced(policies), self.config.policy_sync_timeout)
+            seen: tuple[int, object] | None = None
+            while True:
+                outer = changed() if changed is not None else 0
+                if seen != (self._version, outer):
+                    seen = (self._version, outer)
+                    try:
+                        await self._program(desired(), policies)
+                    except Exception as err:
+                        self.last_error = f"{type(err).__name__}: {err}"
+                        self._log.warning("programming the datapath failed", error=self.last_error)
+                self._changed.clear()
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), 0.2)
+
+    async def _program(self, desired: DesiredState, policies: Any) -> None:
+        local = self.local_state or LocalState()
+        endpoints = await asyncio.to_thread(self._attach_endpoints, local)
+        self.reconcilers["endpoints"].set_desired(
+            {endpoint_key(e.ifindex): (e.endpoint_id, e.identity) for e in endpoints}
+        )
+        entries = list(desired.ipcache) + self._local_ipcache(local)
+        self.reconcilers["ipcache"].set_desired(await asyncio.to_thread(ipcache_desired, entries))
+        # services
+        local_svcs = []
+        for svc in local.services:
+            name = f"{svc.namespace}/{svc.name}"
+            frontends = tuple(
+                (ip, l4.port, l4.protocol, port_name)
+                for ip, ports in sorted((svc.frontends or {}).items())
+                for port_name, l4 in sorted((ports or {}).items())
+                if l4 is not None
+            )
+            backends = tuple(
+                Backend(ip, l4.port, l4.protocol, port_name)
+                for ip, ports in sorted((svc.backends or {}).items())
+                for port_name, l4 in sorted((ports or {}).items())
+                if l4 is not None
+            )
+            local_svcs.append(GlobalService(name, frontends, backends, parse_affinity(self.affinities.get(name))))
+        self.reconcilers["services"].set_desired(
+            services_desired(local_svcs, desired.services, self.local.cluster_id)
+        )
+        # policy: entries first, enforcement once they are in
+        identities: dict[int, LabelSet] = dict(local.identities)
+        for ident in desired.identities:
+            identities.setdefault(ident.id, LabelSet.from_strings(ident.labels))
+        eps = [(e.endpoint_id, identities.get(e.identity, LabelSet.from_strings([]))) for e in endpoints]
+        policy_list = list(policies.policies.values()) if policies is not None else []
+        state = await asyncio.to_thread(
+            compute_policy, policy_list, eps, identities, local_cluster=self.local.cluster_name
+        )
+        self.policy_state = state
+        self.reconcilers["policy"].set_desired(policy_desired(state.entries))
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self.reconcilers["policy"].wait_synced(), 5)
+        self.reconcilers["policy_enforce"].set_desired(enforce_desired(state))
+        self.programmed = True
+
+    def _local_ipcache(self, local: LocalState) -> list[IPCacheEntry]:
+        out = []
+        for pair in local.pairs:
+            prefix = pair.prefix_string()
+            if "/" not in prefix:
+                prefix += "/128" if ":" in prefix else "/32"
+            mine = pair.host_ip == self.node_ip
+            out.append(
+                IPCacheEntry(
+                    prefix,
+                    pair.id,
+                    "" if mine else pair.host_ip,
+                    pair.key,
+                    self.local.cluster_id,
+                    self.local.cluster_name,
+                    "endpoint",
+                    remote_cluster=False,
+                )
+            )
+        return out
+
+    def _attach_endpoints(self, local: LocalState) -> list[LocalEndpoint]:
+        """Attach the pod programs to each local endpoint's veth (blocking; netlink)."""
+        from pyroute2 import IPRoute
+
+        found: dict[str, LocalEndpoint] = {}
+        with IPRoute() as ipr:
+            for pair in local.pairs:
+                if pair.host_ip != self.node_ip or not pair.is_host() or ":" in pair.ip:
+                    continue
+                try:
+                    routes = ipr.route("get", dst=pair.ip)
+                except Exception:
+                    continue
+                oif = routes[0].get_attr("RTA_OIF") if routes else None
+                if oif is None:
+                    continue
+                links = ipr.get_links(oif)
+                ifname = str(links[0].get_attr("IFLA_IFNAME"))
+                if ifname in (self.config.tunnel_device, self.config.underlay_device, "lo"):
+                    continue
+                found[pair.ip] = LocalEndpoint(pair.ip, pair.id, endpoint_id_of(pair.ip), ifname, int(oif))
+        for ip, ep in found.items():
+            if self.endpoints.get(ip) != ep:
+                try:
+                    self.dp.attach_pod(ep.ifname, ep.endpoint_id, ep.identity)
+                    self._log.info("endpoint attached", ip=ip, ifname=ep.ifname, identity=ep.identity)
+                except Exception as err:
+                    self.last_error = f"attach {ep.ifname}: {err}"
+                    self._log.warning("attaching an endpoint failed", ip=ip, error=str(err))
+                    continue
+            self.endpoints[ip] = ep
+        for ip in [ip for ip in self.endpoints if ip not in found]:
+            del self.endpoints[ip]
+        return list(self.endpoints.values())
+
+    # ---- status ----
+
+    def status_json(self) -> dict[str, Any]:
+        return {
+            "started": self.started,
+            "programmed": self.programmed,
+            "node-ip": self.node_ip,
+            "tunnel-device": self.config.tunnel_device,
+            "pin-dir": str(self.config.pin_root / self.local.node_name),
+            "endpoints": [
+                {"ip": e.ip, "identity": e.identity, "endpoint-id": e.endpoint_id, "ifname": e.ifname}
+                for e in sorted(self.endpoints.values(), key=lambda e: e.ip)
+            ],
+            "reconcilers": {
+                name: {
+                    "desired": s.desired,
+                    "pending": s.pending,
+                    "updates": s.updates,
+                    "deletes": s.deletes,
+                    "failures": s.failures,
+                    "last-error": s.last_error,
+                    "synced": s.synced,
+                }
+                for name, rec in self.reconcilers.items()
+                for s in [rec.status()]
+            },
+            "policy": self.policy_state.stats.to_json() if self.policy_state is not None else None,
+            "last-error": self.last_error,
+        }
+
+
+def _check_bpffs(pin_root: Path) -> None:
+    """Raise unless ``pin_root`` is on a bpffs mount (``ip netns exec`` remounts /sys, hiding
+    /sys/fs/bpf: an agent in a named namespace needs a pin root on a bpffs mounted elsewhere)."""
+    best, fstype = "", ""
+    target = str(pin_root.resolve()) if pin_root.exists() else str(pin_root)
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            parts = line.split()
+            point = parts[1]
+            if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+                best, fstype = point, parts[2]
+    if fstype != "bpf":
+        raise DatapathError(
+            f"--pin-root {pin_root} is not on a bpffs mount (it is on {fstype or 'nothing'} at {best or '/'}); "
+            "mount one (mount -t bpf bpf /sys/fs/bpf) or, under `ip netns exec` (which remounts /sys), bind a "
+            "bpffs outside /sys (mount --bind /sys/fs/bpf /run/clustermesh-bpf) and pass that"
+        )
+
+
+async def _policies_synced(policies: Any) -> None:
+    while not policies.synced:
+        await policies.wait_changed(policies.version)
+
+
+def _decode(decode: Callable[..., Any], kvp: Any) -> Any:
+    try:
+        return decode(kvp.value, key=kvp.key)
+    except Exception:
+        return None
+
+
+def _clean(state: LocalState) -> LocalState:
+    return LocalState(
+        pairs=tuple(p for p in state.pairs if p is not None),
+        identities={k: v for k, v in state.identities.items() if v is not None},
+        services=tuple(s for s in state.services if s is not None),
+    )
+
+
+async def watch_affinities(api: Any, node: NodeDatapath) -> None:
+    """Follow the local cluster's Services and hand their annotations to ``node`` (forever)."""
+    from meshcore.k8s.resource import Delete, ResourceRef, ResourceWatch, Synced, Upsert, object_key
+
+    watch = ResourceWatch(api, ResourceRef("", "v1", "services", namespaced=True))
+    current: dict[str, Any] = {}
+    async with aclosing(watch.events()) as events:
+        async for event in events:
+            if isinstance(event, Synced):
+                node.set_affinities(dict(current))
+                continue
+            if isinstance(event, (Upsert, Delete)):
+                key = object_key(event.obj)
+                if isinstance(event, Delete):
+                    current.pop(key, None)
+                else:
+                    current[key] = dict((event.obj.get("metadata") or {}).get("annotations") or {})
+                node.set_affinities(dict(current))
