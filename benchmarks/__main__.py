@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks import agent_scale, apiserver, kvstore
+from benchmarks import agent_scale, apiserver, datapath, kvstore
 
 
 def main() -> None:
@@ -16,6 +16,7 @@ def main() -> None:
     kvstore.main(args.keys)
     apiserver.main(10000)
     agent_scale.main()
+    datapath.main()
 
 
 if __name__ == "__main__":
