@@ -173,18 +173,13 @@ class PinnedMap(Generic[K, V]):
     def update_packed(self, items: Iterable[tuple[bytes, bytes]]) -> int:
         """Like :meth:`update_many` with keys and values already packed (``bytes(struct)`` or
         the bulk packers of :mod:`bpf.layouts`): the fast path for large syncs."""
-        keys: list[bytes] = []
-        values: list[bytes] = []
+        pairs = items if isinstance(items, list) else list(items)
         total = 0
-        for key, value in items:
-            keys.append(key)
-            values.append(value)
-            if len(keys) == BATCH_CHUNK:
-                total += self.update_raw(b"".join(keys), b"".join(values), len(keys))
-                keys.clear()
-                values.clear()
-        if keys:
-            total += self.update_raw(b"".join(keys), b"".join(values), len(keys))
+        for start in range(0, len(pairs), BATCH_CHUNK):
+            chunk = pairs[start : start + BATCH_CHUNK]
+            keys = b"".join([k for k, _ in chunk])
+            values = b"".join([v for _, v in chunk])
+            total += self.update_raw(keys, values, len(chunk))
         return total
 
     def update_raw(self, keys: bytes, values: bytes, count: int) -> int:

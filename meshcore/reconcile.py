@@ -12,8 +12,9 @@ batch keeps its keys pending).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import islice
 from typing import Generic, Protocol, TypeVar
 
 from meshcore.backoff import Backoff
@@ -73,7 +74,7 @@ class Reconciler(Generic[K, V]):
         old = self._desired
         new = dict(desired)
         if self._applied is not None:
-            self._dirty.update(k for k, v in new.items() if old.get(k, _MISSING) != v)
+            self._dirty.update(_changed(new, old))
             self._dirty.update(k for k in old if k not in new)
         self._desired = new
         self._idle.clear()
@@ -106,7 +107,7 @@ class Reconciler(Generic[K, V]):
             try:
                 if self._applied is None:
                     self._applied = dict(self._target.items())
-                    self._dirty = {k for k, v in self._desired.items() if self._applied.get(k, _MISSING) != v}
+                    self._dirty = set(_changed(self._desired, self._applied))
                     self._dirty.update(k for k in self._applied if k not in self._desired)
                     self._log.info("target read", entries=len(self._applied), to_change=len(self._dirty))
                 self._apply_pending()
@@ -125,21 +126,38 @@ class Reconciler(Generic[K, V]):
                 await asyncio.sleep(0)  # let producers in between large batches
 
     def _apply_pending(self) -> None:
-        assert self._applied is not None
-        keys = list(self._dirty)[: self._batch_size]
-        updates = [(k, self._desired[k]) for k in keys if k in self._desired]
-        deletes = [k for k in keys if k not in self._desired and k in self._applied]
+        applied, desired = self._applied, self._desired
+        assert applied is not None
+        keys = list(islice(self._dirty, self._batch_size))
+        updates: list[tuple[K, V]] = []
+        deletes: list[K] = []
+        for k in keys:
+            v = desired.get(k, _MISSING)
+            if v is not _MISSING:
+                updates.append((k, v))  # type: ignore[arg-type]
+            elif k in applied:
+                deletes.append(k)
         if updates:
             self._target.update_many(updates)
             self.updates += len(updates)
-            for k, v in updates:
-                self._applied[k] = v
+            applied.update(updates)
         if deletes:
             self._target.delete_many(deletes)
             self.deletes += len(deletes)
             for k in deletes:
-                del self._applied[k]
-        self._dirty.difference_update(keys)
+                del applied[k]
+        if len(keys) == len(self._dirty):
+            self._dirty.clear()
+        else:
+            self._dirty.difference_update(keys)
+
+
+def _changed(new: Mapping[K, V], old: Mapping[K, V]) -> Iterator[K]:
+    """Keys of ``new`` whose value differs from ``old`` (or that ``old`` lacks)."""
+    for k, v in new.items():
+        current = old.get(k, _MISSING)
+        if current is _MISSING or current != v:
+            yield k
 
 
 class _Missing:
