@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from agent.config import DATAPATHS, DEFAULT_PIN_ROOT, AgentConfig
+from agent.config import DATAPATHS, DEFAULT_PIN_ROOT, ROUTING_MODES, AgentConfig
 from meshcore.cliopts import CONTEXT_SETTINGS, log_options
 from meshcore.errors import ConfigError, MeshError
 from meshcore.log import configure as configure_logging
@@ -49,7 +49,13 @@ def _default_node_name() -> str:
 @click.option("--pin-root", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_PIN_ROOT,
               show_default=True, help="bpffs directory; this node's maps are pinned in <pin-root>/<node-name>/.")
 @click.option("--tunnel-device", default="cilium_vxlan", show_default=True,
-              help="The VXLAN collect-metadata device (dstport 8472) the agent creates if missing.")
+              help="The VXLAN collect-metadata device (dstport 8472) the agent creates if missing "
+              "(--routing-mode tunnel).")
+@click.option("--routing-mode", type=click.Choice(ROUTING_MODES), default="tunnel", show_default=True,
+              help="tunnel: remote pods through the VXLAN device, the source identity in the VNI. native: no "
+              "VXLAN device (none created, an existing one left alone); the kernel routes each remote pod CIDR "
+              "via its node's underlay IP (routes the agent keeps, tagged with route protocol 201; no other "
+              "route is touched) and policy resolves the source identity from the ipcache by source IP.")
 @click.option("--underlay-device", metavar="IFNAME",
               help="Device carrying node-to-node traffic (its IPv4 address is the node IP)  "
               "[default: the first device with a global IPv4 address]")
@@ -82,6 +88,7 @@ def main(
     kubeconfig: Path | None,
     pin_root: Path,
     tunnel_device: str,
+    routing_mode: str,
     underlay_device: str | None,
     cgroup: Path | None,
     state_dir: Path,
@@ -127,6 +134,7 @@ def main(
         kubeconfig=kubeconfig,
         pin_root=pin_root,
         tunnel_device=tunnel_device,
+        routing_mode=routing_mode,
         underlay_device=underlay_device,
         cgroup=cgroup,
     )

@@ -9,9 +9,10 @@ from meshcore.errors import ConfigError, WireError
 from meshcore.kvstore.config import EtcdClientConfig, load_etcd_config
 from meshcore.wire.clusterinfo import validate_cluster_id, validate_cluster_name
 
-__all__ = ["DATAPATHS", "BPF_NEEDS_KVSTORE", "AgentConfig"]
+__all__ = ["DATAPATHS", "ROUTING_MODES", "BPF_NEEDS_KVSTORE", "AgentConfig"]
 
 DATAPATHS = ("bpf", "none")
+ROUTING_MODES = ("tunnel", "native")
 BPF_NEEDS_KVSTORE = (
     "--datapath bpf needs --kvstore-config: this node's endpoints (pods) and identities are read from "
     "this cluster's own kvstore. Use --datapath none to run the control plane only."
@@ -51,6 +52,7 @@ class AgentConfig:
     tunnel_device: str = "cilium_vxlan"
     underlay_device: str | None = None
     cgroup: Path | None = None
+    routing_mode: str = "tunnel"
 
     @property
     def socket_path(self) -> Path:
@@ -74,6 +76,10 @@ class AgentConfig:
             raise ConfigError("--node-name must not be empty (default: $K8S_NODE_NAME, else the hostname)")
         if self.datapath not in DATAPATHS:
             raise ConfigError(f"--datapath must be one of {', '.join(DATAPATHS)}, got {self.datapath!r}")
+        if self.routing_mode not in ROUTING_MODES:
+            raise ConfigError(
+                f"--routing-mode must be one of {', '.join(ROUTING_MODES)}, got {self.routing_mode!r}"
+            )
         if self.datapath == "bpf" and self.kvstore_config is None:
             raise ConfigError(BPF_NEEDS_KVSTORE)
         if not 1 <= len(self.tunnel_device) <= 15:

@@ -71,6 +71,7 @@ class Agent:
                     tunnel_device=config.tunnel_device,
                     underlay_device=config.underlay_device,
                     cgroup=config.cgroup,
+                    routing_mode=config.routing_mode,
                 ),
             )
         self.policies: Any = None

@@ -50,6 +50,7 @@ __all__ = [
     "DesiredState",
     "build_desired",
     "node_tunnel_ip",
+    "node_pod_cidrs",
 ]
 
 ID_WORLD = 2
@@ -254,6 +255,11 @@ def node_tunnel_ip(node: Node) -> str:
                 if addr.type == wanted and addr.ip and (":" in addr.ip) == family_v6:
                     return addr.ip
     return ""
+
+
+def node_pod_cidrs(node: Node) -> list[str]:
+    """A node's pod CIDRs (IPv4 then IPv6, primary then secondary), canonical prefixes."""
+    return _pod_cidrs(node)
 
 
 def _pod_cidrs(node: Node) -> list[str]:

@@ -31,8 +31,11 @@ TC_EGRESS = "ffff:fff3"
 
 # uapi/linux/bpf.h enum bpf_attach_type / bpf_prog_type.
 _CGROUP_INET4_CONNECT = 10
+_CGROUP_INET6_CONNECT = 11
 _CGROUP_UDP4_SENDMSG = 14
+_CGROUP_UDP6_SENDMSG = 15
 _CGROUP_UDP4_RECVMSG = 19
+_CGROUP_UDP6_RECVMSG = 20
 _SCHED_CLS = 3
 _CGROUP_SOCK_ADDR = 18
 
@@ -41,6 +44,9 @@ SOCK_PROGRAMS = {
     "sock_connect4": _CGROUP_INET4_CONNECT,
     "sock_sendmsg4": _CGROUP_UDP4_SENDMSG,
     "sock_recvmsg4": _CGROUP_UDP4_RECVMSG,
+    "sock_connect6": _CGROUP_INET6_CONNECT,
+    "sock_sendmsg6": _CGROUP_UDP6_SENDMSG,
+    "sock_recvmsg6": _CGROUP_UDP6_RECVMSG,
 }
 
 
@@ -225,7 +231,8 @@ class Datapath:
             self._detach_tc(name)
 
     def attach_cgroup(self, path: str) -> None:
-        """Attach the socket-LB programs to a cgroup v2 directory (replacing earlier ones)."""
+        """Attach the socket-LB programs (connect/sendmsg/recvmsg, IPv4 and IPv6) to a cgroup v2
+        directory, replacing earlier ones of each attach type."""
         if self._sock_bpf is None:
             self._sock_bpf = self._compile("sock_lb.c", {})
             for name, attach_type in SOCK_PROGRAMS.items():

@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -388,6 +388,7 @@ def datapath_mesh(
     before_agents: Callable[[Topology, dict[str, Pod]], None] | None = None,
     cgroup_pod: str | None = "client",
     ready_within: float = 120,
+    agent_args: Sequence[str] = (),
 ) -> Iterator[Mesh]:
     """Build the mesh (files under ``base_dir``), start the agents, wait until all are ready and
     yield it; on exit stop the agents and ``mesh.servers``, and remove everything: forwarders,
@@ -397,7 +398,8 @@ def datapath_mesh(
     service. ``before_agents(topo, pods)`` runs on the complete topology (pods addressed, records
     seeded) before any agent starts: the place for hand-built baselines, which it must remove
     again. The node of ``cgroup_pod`` (if it is one of ``pods``) gets ``--cgroup``: a fresh cgroup
-    (``mesh.cgroup``) whose sockets the agent's socket-level load balancer serves.
+    (``mesh.cgroup``) whose sockets the agent's socket-level load balancer serves. ``agent_args``
+    are appended to every agent's command line (e.g. ``("--routing-mode", "native")``).
     """
     with contextlib.ExitStack() as stack:
         # `ip netns exec` remounts /sys, hiding /sys/fs/bpf from the agents: bind it outside /sys.
@@ -460,6 +462,7 @@ def datapath_mesh(
             ]  # fmt: skip
             if node == lb_node:
                 args += ["--cgroup", str(cg_bind)]
+            args += list(agent_args)
             agents[node_name(node)] = Agent(node, args, d / "agent.log", d / "state" / "agent.sock")
         if before_agents is not None:
             before_agents(topo, made)

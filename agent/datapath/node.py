@@ -1,12 +1,24 @@
 """The node datapath manager: what ``clustermesh-agent --datapath bpf`` runs, inside the node's
 network namespace (the agent is started with ``ip netns exec <node-ns> ...`` in the lab).
 
+Two routing modes (``--routing-mode``):
+
+- ``tunnel`` (default): remote pods are reached through a VXLAN collect-metadata device with the
+  source identity in the VNI; ``from_pod`` redirects into it for ipcache entries with a tunnel
+  endpoint;
+- ``native``: no VXLAN device is needed (none is created; an existing one is left alone and gets
+  no programs); ipcache entries carry no tunnel endpoint and have ``skip_tunnel`` set, so
+  ``from_pod`` hands packets to the kernel, which routes each remote pod CIDR via its node's
+  underlay IP. Those routes are a reconciler target of their own (:class:`RoutesTarget`, tagged
+  with :data:`ROUTE_PROTO`); ``to_pod`` finds the source identity in the ipcache by source IP.
+
 At start (:meth:`NodeDatapath.start`, blocking, run in a thread):
 
-1. create the VXLAN ``external`` (collect-metadata) device ``tunnel_device`` on ``underlay_device``
-   with dstport 8472, unless it exists (idempotent: a restarted agent reuses it);
+1. tunnel mode: create the VXLAN ``external`` (collect-metadata) device ``tunnel_device`` on
+   ``underlay_device`` with dstport 8472, unless it exists (idempotent: a restarted agent reuses it);
 2. ``Datapath.load`` the programs against the node's pinned maps (bcc compile), attach
-   ``to_tunnel``/``from_tunnel`` to the VXLAN device, and the socket LB to ``cgroup`` if given.
+   ``to_tunnel``/``from_tunnel`` to the VXLAN device (tunnel mode), and the socket LB to ``cgroup``
+   if given.
 
 Then (:meth:`NodeDatapath.run`) it keeps the maps equal to the desired state with one
 :class:`~meshcore.reconcile.Reconciler` per map:
@@ -15,6 +27,10 @@ Then (:meth:`NodeDatapath.run`) it keeps the maps equal to the desired state wit
   whose ``HostIP`` is this node's underlay IP, with their identities. Each pod's host-side veth is
   the device of the node's route to the pod IP; ``from_pod``/``to_pod`` are attached there with
   the endpoint ID (the low 16 bits of the pod IPv4 address: stable across restarts) and identity;
+- routes (native mode only): every pod CIDR of the remote clusters' nodes
+  (:attr:`~agent.desired.DesiredState.routes`) and of this cluster's other nodes (the local etcd's
+  node records) via that node's IP, never this node's own; the reconciler reads back only routes
+  with :data:`ROUTE_PROTO` (mark and sweep, never touching other routes);
 - ipcache: the remote clusters' entries (the agent's :class:`~agent.desired.DesiredState`) plus
   the local cluster's endpoints (this node's without a tunnel endpoint, other nodes' tunnelled to
   their ``HostIP``), so ``to_pod`` resolves sources;
@@ -36,34 +52,42 @@ import ipaddress
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from agent.config import ROUTING_MODES
 from agent.datapath.targets import (
+    ROUTE_PROTO,
     EndpointsTarget,
     EnforceTarget,
     GlobalService,
     IPCacheTarget,
     PolicyTarget,
+    RoutesTarget,
     ServicesTarget,
     endpoint_key,
     enforce_desired,
     ipcache_desired,
     parse_affinity,
     policy_desired,
+    routes_desired,
     services_desired,
 )
-from agent.desired import Backend, DesiredState, IPCacheEntry, LocalInfo
+from agent.desired import Backend, DesiredState, IPCacheEntry, LocalInfo, NodeRoute, node_pod_cidrs, node_tunnel_ip
 from agent.policy.resolve import PolicyState, compute_policy
 from bpf.maps import DEFAULT_PIN_ROOT
 from meshcore.errors import MeshError
 from meshcore.log import get_logger
 from meshcore.reconcile import Reconciler
 from meshcore.wire import ClusterService, IPIdentityPair, LabelSet
+from meshcore.wire import Node as WireNode
 from meshcore.wire import keys as wirekeys
 
 __all__ = [
     "DEFAULT_TUNNEL_DEVICE",
+    "ROUTE_PROTO",
+    "ROUTING_MODES",
     "VXLAN_PORT",
     "NodeDatapathConfig",
     "LocalEndpoint",
@@ -83,8 +107,9 @@ class DatapathError(MeshError):
 @dataclass(frozen=True)
 class NodeDatapathConfig:
     """Where the node's datapath lives (flags ``--pin-root``, ``--tunnel-device``,
-    ``--underlay-device``, ``--cgroup``). ``underlay_device`` None: the first device with a global
-    IPv4 address (other than the tunnel device)."""
+    ``--underlay-device``, ``--cgroup``, ``--routing-mode``). ``underlay_device`` None: the first
+    device with a global IPv4 address (other than the tunnel device). ``routing_mode``: one of
+    :data:`ROUTING_MODES` (see the module docstring)."""
 
     pin_root: Path = Path(DEFAULT_PIN_ROOT)
     tunnel_device: str = DEFAULT_TUNNEL_DEVICE
@@ -92,6 +117,11 @@ class NodeDatapathConfig:
     cgroup: Path | None = None
     local_poll_interval: float = 1.0
     policy_sync_timeout: float = 10.0
+    routing_mode: str = "tunnel"
+
+    @property
+    def native(self) -> bool:
+        return self.routing_mode == "native"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +142,7 @@ class LocalState:
     pairs: tuple[IPIdentityPair, ...] = ()
     identities: Mapping[int, LabelSet] = field(default_factory=dict)
     services: tuple[ClusterService, ...] = ()
+    nodes: tuple[WireNode, ...] = ()
 
 
 def endpoint_id_of(ip: str) -> int:
@@ -126,6 +157,8 @@ class NodeDatapath:
         self.local = local
         self.config = config
         self.node_ip = ""
+        self.underlay_ifindex = 0
+        self.routes_target: RoutesTarget | None = None
         self.dp: Any = None  # bpf.loader.Datapath, once started
         self.endpoints: dict[str, LocalEndpoint] = {}
         self.local_state: LocalState | None = None
@@ -143,11 +176,15 @@ class NodeDatapath:
     # ---- setup (blocking) ----
 
     def start(self) -> None:
-        """Create the tunnel device, load and attach the programs (idempotent across restarts)."""
+        """Create the tunnel device (tunnel mode), load and attach the programs (idempotent across
+        restarts)."""
         from pyroute2 import IPRoute
 
         from bpf.loader import Datapath, DatapathConfig
 
+        if self.config.routing_mode not in ROUTING_MODES:
+            raise DatapathError(f"routing mode must be one of {', '.join(ROUTING_MODES)}: {self.config.routing_mode!r}")
+        native = self.config.native
         with IPRoute() as ipr:
             underlay = self.config.underlay_device or self._guess_underlay(ipr)
             found = ipr.link_lookup(ifname=underlay)
@@ -158,7 +195,10 @@ class NodeDatapath:
             if not addrs:
                 raise DatapathError(f"underlay device {underlay!r} has no IPv4 address")
             self.node_ip = str(addrs[0])
-            if not ipr.link_lookup(ifname=self.config.tunnel_device):
+            self.underlay_ifindex = ul
+            if native:
+                pass  # no VXLAN device: an existing one is left exactly as it is
+            elif not ipr.link_lookup(ifname=self.config.tunnel_device):
                 ipr.link(
                     "add",
                     ifname=self.config.tunnel_device,
@@ -169,18 +209,20 @@ class NodeDatapath:
                     vxlan_learning=0,
                 )
                 self._log.info("tunnel device created", device=self.config.tunnel_device, underlay=underlay)
-            vx = int(ipr.link_lookup(ifname=self.config.tunnel_device)[0])
-            ipr.link("set", index=vx, state="up")
+            if not native:
+                vx = int(ipr.link_lookup(ifname=self.config.tunnel_device)[0])
+                ipr.link("set", index=vx, state="up")
         _check_bpffs(self.config.pin_root)
         self.dp = Datapath.load(
             self.local.node_name,
             self.config.pin_root,
             DatapathConfig(
-                tunnel_device=self.config.tunnel_device,
+                tunnel_device=None if native else self.config.tunnel_device,
                 cgroup=str(self.config.cgroup) if self.config.cgroup else None,
             ),
         )
-        self.dp.attach_tunnel()
+        if not native:
+            self.dp.attach_tunnel()
         maps = self.dp.maps
         self.reconcilers = {
             "ipcache": Reconciler("ipcache", IPCacheTarget(maps), batch_size=65536),
@@ -189,8 +231,13 @@ class NodeDatapath:
             "policy_enforce": Reconciler("policy_enforce", EnforceTarget(maps)),
             "services": Reconciler("services", ServicesTarget(maps)),
         }
+        if native:
+            self.routes_target = RoutesTarget(self.underlay_ifindex)
+            self.reconcilers["routes"] = Reconciler("routes", self.routes_target)
         self.started = True
-        self._log.info("datapath loaded", node_ip=self.node_ip, pins=str(maps.directory))
+        self._log.info(
+            "datapath loaded", node_ip=self.node_ip, pins=str(maps.directory), routing_mode=self.config.routing_mode
+        )
 
     def _guess_underlay(self, ipr: Any) -> str:
         for addr in ipr.get_addr(family=2):
@@ -229,11 +276,13 @@ class NodeDatapath:
         """Read the local cluster's etcd every ``local_poll_interval`` (forever)."""
         cluster = self.local.cluster_name
         services_prefix = wirekeys.watch_prefix("service", cluster)
+        nodes_prefix = wirekeys.watch_prefix("node", cluster)
         while True:
             try:
                 pairs = await kv.list_prefix(wirekeys.IP_DEFAULT + "/")
                 ids = await kv.list_prefix(wirekeys.IDENTITIES_ID + "/")
                 svcs = await kv.list_prefix(services_prefix)
+                nodes = await kv.list_prefix(nodes_prefix) if self.config.native else None
                 state = LocalState(
                     pairs=tuple(_decode(IPIdentityPair.decode, kvp) for kvp in pairs.items),
                     identities={
@@ -242,6 +291,7 @@ class NodeDatapath:
                         if kvp.key.rsplit("/", 1)[1].isdigit()
                     },
                     services=tuple(_decode(ClusterService.decode, kvp) for kvp in svcs.items),
+                    nodes=tuple(_decode(WireNode.decode, kvp) for kvp in nodes.items) if nodes is not None else (),
                 )
                 self.set_local_state(_clean(state))
             except Exception as err:  # keep the last state; retry
@@ -292,7 +342,11 @@ class NodeDatapath:
             {endpoint_key(e.ifindex): (e.endpoint_id, e.identity) for e in endpoints}
         )
         entries = list(desired.ipcache) + self._local_ipcache(local)
-        self.reconcilers["ipcache"].set_desired(await asyncio.to_thread(ipcache_desired, entries))
+        packed = await asyncio.to_thread(partial(ipcache_desired, native=self.config.native), entries)
+        self.reconcilers["ipcache"].set_desired(packed)
+        if "routes" in self.reconcilers:
+            routes = list(desired.routes) + self._local_routes(local)
+            self.reconcilers["routes"].set_desired(routes_desired(routes, self.node_ip))
         # services
         local_svcs = []
         for svc in local.services:
@@ -350,6 +404,16 @@ class NodeDatapath:
             )
         return out
 
+    def _local_routes(self, local: LocalState) -> list[NodeRoute]:
+        """This cluster's nodes' pod CIDRs via their node IPs (native mode; this node's own are
+        dropped by :func:`routes_desired`)."""
+        out = []
+        for node in sorted(local.nodes, key=lambda n: n.name):
+            ip = node_tunnel_ip(node)
+            if ip:
+                out += [NodeRoute(p, ip, self.local.cluster_name, node.name) for p in node_pod_cidrs(node)]
+        return out
+
     def _attach_endpoints(self, local: LocalState) -> list[LocalEndpoint]:
         """Attach the pod programs to each local endpoint's veth (blocking; netlink)."""
         from pyroute2 import IPRoute
@@ -392,7 +456,10 @@ class NodeDatapath:
             "started": self.started,
             "programmed": self.programmed,
             "node-ip": self.node_ip,
-            "tunnel-device": self.config.tunnel_device,
+            "routing-mode": self.config.routing_mode,
+            "tunnel-device": None if self.config.native else self.config.tunnel_device,
+            "route-protocol": ROUTE_PROTO if self.config.native else None,
+            "routes-skipped": sorted(self.routes_target.skipped) if self.routes_target is not None else [],
             "pin-dir": str(self.config.pin_root / self.local.node_name),
             "endpoints": [
                 {"ip": e.ip, "identity": e.identity, "endpoint-id": e.endpoint_id, "ifname": e.ifname}
@@ -452,6 +519,7 @@ def _clean(state: LocalState) -> LocalState:
         pairs=tuple(p for p in state.pairs if p is not None),
         identities={k: v for k, v in state.identities.items() if v is not None},
         services=tuple(s for s in state.services if s is not None),
+        nodes=tuple(n for n in state.nodes if n is not None),
     )
 
 

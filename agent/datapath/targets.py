@@ -13,16 +13,21 @@ maps, writes only differences and deletes only what is no longer wanted: never a
   written with :func:`bpf.services.write_service` (safe order) and removed with
   :func:`bpf.services.delete_service`.
 - endpoints: packed :class:`EndpointKey` (veth ifindex) -> (endpoint id, identity).
+- routes (``--routing-mode native``): kernel routes of the node's namespace, pod CIDR -> underlay
+  next hop, tagged with :data:`ROUTE_PROTO`; only routes with that protocol are read, written or
+  deleted.
 """
 
 from __future__ import annotations
 
 import socket
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from agent.desired import Backend, IPCacheEntry, ServiceBackends
+from agent.desired import Backend, IPCacheEntry, NodeRoute, ServiceBackends
 from agent.policy.resolve import PolicyEntry, PolicyState
 from bpf.layouts import (
     PROTOCOLS,
@@ -51,6 +56,9 @@ __all__ = [
     "ServiceSpec",
     "ServicesTarget",
     "EndpointsTarget",
+    "ROUTE_PROTO",
+    "RoutesTarget",
+    "routes_desired",
     "ipcache_desired",
     "policy_desired",
     "enforce_desired",
@@ -71,14 +79,23 @@ _L4_ANY = ("TCP", "UDP", "SCTP")
 # ---- ipcache ----
 
 
-def ipcache_desired(entries: Iterable[IPCacheEntry]) -> dict[bytes, bytes]:
-    """Packed ipcache map content for ``entries`` (the first entry of a prefix wins)."""
+def ipcache_desired(entries: Iterable[IPCacheEntry], *, native: bool = False) -> dict[bytes, bytes]:
+    """Packed ipcache map content for ``entries`` (the first entry of a prefix wins).
+
+    ``native`` (``--routing-mode native``): no entry carries a tunnel endpoint (``has_tunnel_ep``
+    clear) and every entry has ``skip_tunnel`` set, so ``from_pod`` hands packets to the kernel,
+    which routes them (:class:`RoutesTarget`)."""
     out: dict[bytes, bytes] = {}
     for e in entries:
         key = pack_ipcache_key(e.prefix)
         if key not in out:
             out[key] = pack_ipcache_value(
-                e.identity, e.tunnel_endpoint, e.cluster_id, e.encrypt_key, e.remote_cluster
+                e.identity,
+                "" if native else e.tunnel_endpoint,
+                e.cluster_id,
+                e.encrypt_key,
+                e.remote_cluster,
+                native,
             )
     return out
 
@@ -338,3 +355,101 @@ def endpoint_key(ifindex: int) -> bytes:
     """Packed :class:`EndpointKey`."""
     return bytes(EndpointKey(ifindex))
 
+
+
+# ---- routes (native routing) ----
+
+ROUTE_PROTO = 201
+"""Routing protocol number of the agent's native-routing routes (``ip route show proto 201``):
+:class:`RoutesTarget` reads back exactly these, so it never touches anyone else's routes."""
+
+_MAIN_TABLE = 254
+_T = TypeVar("_T")
+
+
+def routes_desired(routes: Iterable[NodeRoute], node_ip: str) -> dict[str, str]:
+    """IPv4 pod CIDR -> next hop (the owning node's underlay IP), skipping this node's own
+    CIDRs (``node_ip``) and anything not IPv4 via IPv4 (the programs are IPv4 only). The first
+    route of a prefix wins."""
+    out: dict[str, str] = {}
+    for r in routes:
+        if r.node_ip == node_ip or ":" in r.prefix or ":" in r.node_ip or not r.node_ip:
+            continue
+        out.setdefault(r.prefix, r.node_ip)
+    return out
+
+
+class RoutesTarget:
+    """Kernel routes in the current network namespace's main table: ``"<net>/<len>"`` -> gateway,
+    all with protocol ``proto`` and out of ``oif`` (the underlay device). ``ipr_factory`` makes a
+    pyroute2 ``IPRoute`` (tests may bind it to a namespace). A destination held by a route of
+    another protocol is left alone (and reported in :attr:`skipped`).
+
+    pyroute2's synchronous ``IPRoute`` refuses to run on a thread with a running event loop (the
+    reconciler's), so every call runs on a worker thread of this target and is waited for."""
+
+    def __init__(self, oif: int, *, proto: int = ROUTE_PROTO, ipr_factory: Callable[[], Any] | None = None) -> None:
+        self.oif = oif
+        self.proto = proto
+        self.skipped: set[str] = set()
+        self._factory = ipr_factory or _iproute
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="routes-target")
+
+    def _call(self, fn: Callable[[], _T]) -> _T:
+        return self._worker.submit(fn).result()
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        def read() -> list[tuple[str, int, str]]:
+            with self._factory() as ipr:
+                return _main_routes(ipr)
+
+        for prefix, proto, gateway in self._call(read):
+            if proto == self.proto:
+                yield prefix, gateway
+
+    def update_many(self, items: list[tuple[str, str]]) -> None:
+        self._call(lambda: self._update(items))
+
+    def delete_many(self, keys: list[str]) -> None:
+        self._call(lambda: self._delete(keys))
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False)
+
+    def _update(self, items: list[tuple[str, str]]) -> None:
+        with self._factory() as ipr:
+            foreign = {prefix for prefix, proto, _ in _main_routes(ipr) if proto != self.proto}
+            for prefix, gateway in items:
+                if prefix in foreign:
+                    self.skipped.add(prefix)
+                    continue
+                self.skipped.discard(prefix)
+                ipr.route(
+                    "replace", dst=prefix, gateway=gateway, oif=self.oif, proto=self.proto, table=_MAIN_TABLE
+                )
+
+    def _delete(self, keys: list[str]) -> None:
+        with self._factory() as ipr:
+            ours = {prefix for prefix, proto, _ in _main_routes(ipr) if proto == self.proto}
+            for prefix in keys:
+                self.skipped.discard(prefix)
+                if prefix in ours:
+                    ipr.route("del", dst=prefix, proto=self.proto, table=_MAIN_TABLE)
+
+
+def _main_routes(ipr: Any) -> list[tuple[str, int, str]]:
+    """(prefix, protocol, gateway) of every IPv4 unicast route in the main table."""
+    out = []
+    for r in ipr.get_routes(family=socket.AF_INET, table=_MAIN_TABLE):
+        table = r.get_attr("RTA_TABLE") or r.get("table")
+        if table != _MAIN_TABLE or r.get("type") != 1:  # RTN_UNICAST
+            continue
+        dst = r.get_attr("RTA_DST") or "0.0.0.0"
+        out.append((f"{dst}/{r['dst_len']}", int(r.get("proto") or 0), str(r.get_attr("RTA_GATEWAY") or "")))
+    return out
+
+
+def _iproute() -> Any:
+    from pyroute2 import IPRoute
+
+    return IPRoute()
