@@ -6,20 +6,16 @@ cannot be served, ...), 2 on a usage error (bad or missing flags, --datapath bpf
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import socket
-import sys
 from pathlib import Path
 
 import click
 
 from agent.config import DATAPATHS, DEFAULT_PIN_ROOT, ROUTING_MODES, AgentConfig
-from meshcore.cliopts import CONTEXT_SETTINGS, log_options
-from meshcore.errors import ConfigError, MeshError
+from meshcore.cliopts import CONTEXT_SETTINGS, log_options, run_until_signalled
+from meshcore.errors import ConfigError
 from meshcore.log import configure as configure_logging
-from meshcore.log import get_logger
 
 __all__ = ["main"]
 
@@ -150,27 +146,7 @@ def _run(config: AgentConfig) -> None:
     """Run the agent until it fails or SIGTERM/SIGINT arrives (then stop gracefully)."""
     from agent.daemon import Agent
 
-    log = get_logger(__name__)
-
-    async def supervise() -> None:
-        agent = Agent(config)
-        loop = asyncio.get_running_loop()
-        task = asyncio.create_task(agent.run(), name="agent")
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            await task
-        except asyncio.CancelledError:
-            log.info("stopped by signal")
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-
-    try:
-        asyncio.run(supervise())
-    except MeshError as err:
-        click.echo(f"Error: {err}", err=True)
-        sys.exit(1)
+    run_until_signalled(lambda: Agent(config).run())
 
 
 if __name__ == "__main__":

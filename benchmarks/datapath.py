@@ -22,7 +22,6 @@ datapath throughput >= 0.9 of the hand-built tunnel's. Needs root and bpffs (ski
 from __future__ import annotations
 
 import asyncio
-import os
 import tempfile
 import time
 import uuid
@@ -36,6 +35,7 @@ from bpf.layouts import Direction, Reason
 from bpf.maps import NodeMaps
 from lab.dpmesh import datapath_mesh
 from lab.netns import Pod, Topology, tcp_throughput
+from lab.prereqs import datapath_unavailable
 from meshcore.log import configure as configure_logging
 from meshcore.reconcile import Reconciler
 
@@ -143,20 +143,12 @@ def throughput(seconds: float = 3.0, runs: int = 3) -> Throughput:
     return Throughput(seconds, hand_built, agent, to_tunnel)
 
 
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    if not os.path.ismount("/sys/fs/bpf"):
-        return "bpffs is not mounted on /sys/fs/bpf (run scripts/setup.sh)"
-    return None
-
-
 def main(entries: int = ENTRIES, seconds: float = 3.0, runs: int = 3) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    reason = _skip_reason()
+    reason = datapath_unavailable()
     if reason is not None:
         console.print(f"[bold]datapath[/bold]: skipped ({reason})")
         return

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,12 +19,11 @@ import click
 from clustermesh_apiserver.config import SERVICE_V2_MODES, ApiServerConfig
 from clustermesh_apiserver.etcdinit import etcd_init
 from clustermesh_apiserver.server import ApiServer
-from meshcore.cliopts import CONTEXT_SETTINGS, log_options
+from meshcore.cliopts import CONTEXT_SETTINGS, log_options, run_until_signalled
 from meshcore.errors import ConfigError, MeshError
 from meshcore.kvstore.client import EtcdClient
 from meshcore.kvstore.config import EtcdClientConfig, load_etcd_config
 from meshcore.log import configure as configure_logging
-from meshcore.log import get_logger
 
 # --kvstore-opt keys Cilium accepts that tune its client; taken and ignored here.
 _IGNORED_KVSTORE_OPTS = ("etcd.qps", "etcd.bootstrapQps", "etcd.maxInflight", "etcd.keepaliveHeartbeat",
@@ -220,7 +218,7 @@ def clustermesh_command(
         config.validate()
     except ConfigError as err:
         raise click.UsageError(str(err)) from None
-    _run_until_signalled(ApiServer(config).run)
+    run_until_signalled(ApiServer(config).run)
 
 
 @main.command("etcdinit", context_settings=CONTEXT_SETTINGS)
@@ -386,31 +384,7 @@ def kvstoremesh_command(
         drain_grace=drain_grace_period,
         heartbeat_interval=60.0 if heartbeat else None,
     )
-    _run_until_signalled(lambda: run_kvstoremesh(config))
-
-
-def _run_until_signalled(run: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run ``run()`` until it ends or SIGTERM/SIGINT arrives (then cancel it: graceful stop)."""
-    log = get_logger(__name__)
-
-    async def supervise() -> None:
-        loop = asyncio.get_running_loop()
-        task = asyncio.create_task(run())
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            await task
-        except asyncio.CancelledError:
-            log.info("stopped by signal")
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-
-    try:
-        asyncio.run(supervise())
-    except MeshError as err:
-        click.echo(f"Error: {err}", err=True)
-        sys.exit(1)
+    run_until_signalled(lambda: run_kvstoremesh(config))
 
 
 if __name__ == "__main__":

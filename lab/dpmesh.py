@@ -310,6 +310,37 @@ def global_service(affinity: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def web_from_c2_frontend_policy() -> dict[str, Any]:
+    """A CiliumNetworkPolicy in c1 admitting into ``app=web`` only ``app=frontend`` of cluster c2."""
+    return {
+        "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "web-from-c2-frontend", "namespace": "default"},
+        "spec": {"endpointSelector": {"matchLabels": {"app": "web"}},
+                 "ingress": [{"fromEndpoints": [{"matchLabels": {
+                     "app": "frontend", "io.cilium.k8s.policy.cluster": "c2"}}]}]},
+    }  # fmt: skip
+
+
+def apply_policy_and_wait(mesh: Mesh, cnp: dict[str, Any], pod: str, *, cluster: str = "c1") -> Node:
+    """Create ``cnp`` in ``cluster``'s Kubernetes API and wait (bounded) until the datapath of
+    ``pod``'s node enforces policy for that pod; returns that node."""
+    from agent.datapath.node import endpoint_id_of
+
+    namespace = cnp["metadata"]["namespace"]
+    k8s_request(mesh.apis[cluster], "POST", f"/apis/cilium.io/v2/namespaces/{namespace}/ciliumnetworkpolicies", cnp)
+    target = mesh.pods[pod]
+    node = mesh.topo.node_of(target)
+    endpoint = endpoint_id_of(str(target.ip))
+
+    def enforced() -> bool:
+        with mesh.maps(node) as maps:
+            return any(k.endpoint_id == endpoint for k, _ in maps.policy_enforce.items())
+
+    if not poll_until_sync(enforced, within=20):
+        raise AssertionError(f"policy never enforced for {pod}:\n{mesh.agent_of(pod).tail()}")
+    return node
+
+
 async def seed(etcd: EtcdProcess, topo: Topology, cluster: str, cluster_id: int, pods: PodSpec = PODS) -> None:
     """Write ``cluster``'s Cilium records (nodes, ipcache, identities, the global service, cluster
     config, heartbeat and synced canaries) into its etcd, as the clustermesh-apiserver exports them."""

@@ -3,10 +3,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import click
+
+from meshcore.errors import MeshError
+from meshcore.log import get_logger
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,3 +34,28 @@ def log_options(default: str = "info") -> Callable[[F], F]:
         )(func)
 
     return decorate
+
+
+def run_until_signalled(run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a daemon's ``run()`` until it ends or SIGTERM/SIGINT arrives (then cancel it: a
+    graceful stop). A :class:`MeshError` becomes ``Error: ...`` on stderr and exit status 1."""
+    log = get_logger(__name__)
+
+    async def supervise() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(run())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            log.info("stopped by signal")
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    try:
+        asyncio.run(supervise())
+    except MeshError as err:
+        click.echo(f"Error: {err}", err=True)
+        sys.exit(1)

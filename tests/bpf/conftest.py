@@ -4,8 +4,6 @@ inside a namespace made here, and every command has a timeout."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,33 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from lab.prereqs import datapath_unavailable, skip_items_below
+
 CGROUP2_ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
 
 
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "datapath tests need root"
-    if not os.path.ismount("/sys/fs/bpf"):
-        return "bpffs is not mounted on /sys/fs/bpf (run scripts/setup.sh)"
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return "bcc is not importable (run scripts/setup.sh)"
-    if shutil.which("ip") is None:
-        return "iproute2 missing"
-    return None
-
-
-_REASON = _skip_reason()
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if _REASON is None:
-        return
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.skip(reason=_REASON))
+    skip_items_below(Path(__file__).parent, list(items), datapath_unavailable())
 
 
 def run(*args: str, timeout: float = 10, check: bool = True) -> subprocess.CompletedProcess[str]:

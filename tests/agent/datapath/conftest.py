@@ -5,8 +5,6 @@ host's loopback; :class:`lab.dpmesh.Forwarder`). Nothing touches the host's inte
 
 from __future__ import annotations
 
-import os
-import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,32 +12,11 @@ from pathlib import Path
 import pytest
 
 from lab.dpmesh import Forwarder
-
-
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "datapath tests need root"
-    if not os.path.ismount("/sys/fs/bpf"):
-        return "bpffs is not mounted on /sys/fs/bpf (run scripts/setup.sh)"
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return "bcc is not importable (run scripts/setup.sh)"
-    if shutil.which("ip") is None:
-        return "iproute2 missing"
-    return None
-
-
-_REASON = _skip_reason()
+from lab.prereqs import datapath_unavailable, skip_items_below
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if _REASON is None:
-        return
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.skip(reason=_REASON))
+    skip_items_below(Path(__file__).parent, list(items), datapath_unavailable())
 
 
 def _rm_tree(path: Path) -> None:

@@ -24,9 +24,19 @@ from typing import Any
 
 import pytest
 
-from agent.datapath.node import endpoint_id_of
 from bpf.layouts import Direction, Reason
-from lab.dpmesh import ECHO_PORT, FRONTEND, PODS, Mesh, datapath_mesh, k8s_request, node_name, poll_until_sync
+from lab.dpmesh import (
+    ECHO_PORT,
+    FRONTEND,
+    PODS,
+    Mesh,
+    apply_policy_and_wait,
+    datapath_mesh,
+    k8s_request,
+    node_name,
+    poll_until_sync,
+    web_from_c2_frontend_policy,
+)
 from lab.netns import Pod, ping, start_tcp_stream, tcp_stream
 from lab.netns.topology import Node
 
@@ -99,21 +109,7 @@ def test_a_cross_cluster_pod_to_pod_tcp(mesh: Mesh) -> None:
 def test_b_policy_admits_only_frontend_from_c2(mesh: Mesh) -> None:
     web = mesh.pods["web"]
     assert ping(mesh.pods["backend"], web.ip, count=1, timeout=2)  # no policy yet
-    cnp = {
-        "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
-        "metadata": {"name": "web-from-c2-frontend", "namespace": "default"},
-        "spec": {"endpointSelector": {"matchLabels": {"app": "web"}},
-                 "ingress": [{"fromEndpoints": [{"matchLabels": {
-                     "app": "frontend", "io.cilium.k8s.policy.cluster": "c2"}}]}]},
-    }  # fmt: skip
-    k8s_request(mesh.apis["c1"], "POST", "/apis/cilium.io/v2/namespaces/default/ciliumnetworkpolicies", cnp)
-    web_node = mesh.topo.node_of(web)
-
-    def enforced() -> bool:
-        with mesh.maps(web_node) as maps:
-            return any(k.endpoint_id == endpoint_id_of(str(web.ip)) for k, _ in maps.policy_enforce.items())
-
-    assert poll_until_sync(enforced, within=20), mesh.agent_of("web").tail()
+    web_node = apply_policy_and_wait(mesh, web_from_c2_frontend_policy(), "web")
     result = tcp_stream(web, mesh.pods["frontend"], port=5401, seconds=1)
     assert result.ok, result
     assert not ping(mesh.pods["backend"], web.ip, count=2, timeout=1)

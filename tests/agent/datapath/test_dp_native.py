@@ -12,11 +12,17 @@ from typing import Any
 
 import pytest
 
-from agent.datapath.node import endpoint_id_of
 from agent.datapath.targets import ROUTE_PROTO, RoutesTarget, routes_desired
 from agent.desired import NodeRoute
 from bpf.layouts import IPCACHE_F_HAS_TUNNEL_EP, IPCACHE_F_SKIP_TUNNEL, Direction, Reason
-from lab.dpmesh import PODS, Mesh, datapath_mesh, k8s_request, node_name, poll_until_sync
+from lab.dpmesh import (
+    PODS,
+    Mesh,
+    apply_policy_and_wait,
+    datapath_mesh,
+    node_name,
+    web_from_c2_frontend_policy,
+)
 from lab.netns import HAND_BUILT_PROTO, Topology, ping, tcp_stream, unique_prefix
 from lab.netns.topology import Node
 from meshcore.reconcile import Reconciler
@@ -84,21 +90,7 @@ def test_a_native_pod_to_pod_without_vxlan(mesh: Mesh) -> None:
 def test_b_policy_from_ipcache_in_native_mode(mesh: Mesh) -> None:
     web = mesh.pods["web"]
     assert ping(mesh.pods["backend"], web.ip, count=1, timeout=2)  # no policy yet
-    cnp = {
-        "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
-        "metadata": {"name": "web-from-c2-frontend", "namespace": "default"},
-        "spec": {"endpointSelector": {"matchLabels": {"app": "web"}},
-                 "ingress": [{"fromEndpoints": [{"matchLabels": {
-                     "app": "frontend", "io.cilium.k8s.policy.cluster": "c2"}}]}]},
-    }  # fmt: skip
-    k8s_request(mesh.apis["c1"], "POST", "/apis/cilium.io/v2/namespaces/default/ciliumnetworkpolicies", cnp)
-    web_node = mesh.topo.node_of(web)
-
-    def enforced() -> bool:
-        with mesh.maps(web_node) as maps:
-            return any(k.endpoint_id == endpoint_id_of(str(web.ip)) for k, _ in maps.policy_enforce.items())
-
-    assert poll_until_sync(enforced, within=20), mesh.agent_of("web").tail()
+    web_node = apply_policy_and_wait(mesh, web_from_c2_frontend_policy(), "web")
     with mesh.maps(web_node) as maps:
         before = maps.counters().get((Reason.POLICY_DEFAULT_DENY, Direction.INGRESS), (0, 0))[0]
     result = tcp_stream(web, mesh.pods["frontend"], port=5611, seconds=1)
