@@ -35,8 +35,8 @@ from pathlib import Path
 from agent.caches import MeshCaches
 from agent.desired import LocalInfo, build_desired
 from agent.remote import AgentWorkFactory
-from agent.samples import SampleSize, canary_keys, cluster_records
 from lab.etcd import EtcdProcess
+from lab.samples import SampleSize, canary_keys, cluster_records
 from lab.wait import poll_until
 from meshcore.clustermesh.remote import ClusterMesh
 from meshcore.kvstore.client import EtcdClient

@@ -25,7 +25,7 @@ from typing import Any
 from clustermesh_apiserver.config import ApiServerConfig
 from clustermesh_apiserver.server import ApiServer
 from lab.etcd import EtcdProcess
-from lab.k8sapi import K8sApiServer
+from lab.kube.api import K8sApiServer
 from meshcore.kvstore.client import EtcdClient
 from meshcore.kvstore.types import MAX_TXN_OPS, PutOp, WatchBatch
 from meshcore.log import configure as configure_logging

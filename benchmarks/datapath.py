@@ -9,9 +9,9 @@ Both comparisons are measured in one run, on one machine:
   of the empty map, the diff and the packed batch writes). Baseline: bare ``BPF_MAP_UPDATE_BATCH``
   calls from buffers packed beforehand (:func:`bpf.bench.raw_batch_rate`), the mean of two runs
   bracketing the reconciler's, each on a fresh map in a private pin root.
-- **cross-cluster TCP throughput**: :func:`lab.netns.tcp_throughput` from a pod in c1 to a pod in
+- **cross-cluster TCP throughput**: :func:`lab.net.tcp_throughput` from a pod in c1 to a pod in
   c2 (another node) on a :func:`lab.dpmesh.datapath_mesh`: first over the hand-built VXLAN mesh
-  (:meth:`~lab.netns.Topology.hand_built_tunnel`, plain routes + kernel VXLAN device) on the fresh
+  (:meth:`~lab.net.Topology.hand_built_tunnel`, plain routes + kernel VXLAN device) on the fresh
   topology before any agent starts, then, with the hand-built mesh removed, over the datapath the
   four agents programmed. Best of several short runs each (single runs are noisy on shared CPUs).
 
@@ -34,7 +34,7 @@ from bpf.bench import raw_batch_rate
 from bpf.layouts import Direction, Reason
 from bpf.maps import NodeMaps
 from lab.dpmesh import datapath_mesh
-from lab.netns import Pod, Topology, tcp_throughput
+from lab.net import Pod, Topology, tcp_throughput
 from lab.prereqs import datapath_unavailable
 from meshcore.log import configure as configure_logging
 from meshcore.reconcile import Reconciler

@@ -31,7 +31,10 @@ from typing import TypeVar
 import yaml
 
 from clustermesh_apiserver.config import ApiServerConfig
-from clustermesh_apiserver.converters._scenario_text import (
+from clustermesh_apiserver.server import ApiServer
+from lab.etcd import EtcdProcess
+from lab.kube.api import DEFAULT_CRD_KINDS, K8sApiServer, ObjectStore
+from lab.scenario_text import (
     ScriptError,
     Workspace,
     format_listing,
@@ -39,9 +42,6 @@ from clustermesh_apiserver.converters._scenario_text import (
     parse_script,
     run_script,
 )
-from clustermesh_apiserver.server import ApiServer
-from lab.etcd import EtcdProcess
-from lab.k8sapi import DEFAULT_CRD_KINDS, K8sApiServer, ObjectStore
 from lab.shared import CONFORMANCE_DIR
 from meshcore import txtar
 from meshcore.k8s.client import K8sApi

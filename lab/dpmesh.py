@@ -1,4 +1,4 @@
-"""A real datapath mesh in network namespaces: 2 clusters x 2 nodes with pods (lab.netns), one etcd
+"""A real datapath mesh in network namespaces: 2 clusters x 2 nodes with pods (lab.net), one etcd
 per cluster, a Kubernetes API emulator per cluster, and one ``clustermesh-agent --datapath bpf``
 process per node run inside its node namespace (``ip netns exec``), with a clustermesh config dir
 naming the OTHER cluster's etcd and ``--kvstore-config`` its own.
@@ -37,9 +37,9 @@ from typing import Any
 from bpf.maps import NodeMaps
 from clustermesh_cli.status import agent_get
 from lab.etcd import EtcdFleet, EtcdProcess
-from lab.k8sapi.server import K8sApiServer
-from lab.netns import Pod, Topology, unique_prefix
-from lab.netns.topology import Node
+from lab.kube.api.server import K8sApiServer
+from lab.net import Pod, Topology, unique_prefix
+from lab.net.topology import Node
 from meshcore.kvstore.client import EtcdClient
 from meshcore.kvstore.types import PutOp
 from meshcore.wire import (

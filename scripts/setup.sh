@@ -31,6 +31,7 @@ DEB_PACKAGES=(
     bpftool python3-bpfcc clang        # BPF programs compiled by bcc at agent start
     linux-headers-amd64                # bcc needs kernel headers; the 6.1 ones serve this kernel
     iproute2 tcpdump iputils-ping      # namespaces, veths, routes; wire checks
+    nftables                           # lab faults: partitions are drop rules in lab namespaces
 )
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do

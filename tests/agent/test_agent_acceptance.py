@@ -25,9 +25,9 @@ import pytest
 
 from agent.caches import CacheKind, CacheObserver, MeshCaches
 from agent.remote import AgentWorkFactory
-from agent.samples import SampleSize, canary_keys, cluster_records, sample_pair, seed_cluster
 from clustermesh_cli.status import agent_get_raw
 from lab.etcd import EtcdProcess
+from lab.samples import SampleSize, canary_keys, cluster_records, sample_pair, seed_cluster
 from lab.wait import poll_until
 from meshcore.clustermesh.remote import ClusterMesh
 from meshcore.kvstore.client import EtcdClient

@@ -13,8 +13,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.samples import SampleSize, canary_keys, sample_node, seed_cluster
 from lab.etcd import EtcdProcess, free_port
+from lab.samples import SampleSize, canary_keys, sample_node, seed_cluster
 from lab.wait import poll_until
 from meshcore.kvstore.client import EtcdClient
 from meshcore.wire import keys as wirekeys

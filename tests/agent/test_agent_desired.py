@@ -14,8 +14,8 @@ from agent.desired import (
     build_desired,
     node_tunnel_ip,
 )
-from agent.samples import SampleSize, sample_identity, sample_identity_id, sample_node, sample_pair, sample_service
 from agent.validate import RemoteInfo, validate_ip
+from lab.samples import SampleSize, sample_identity, sample_identity_id, sample_node, sample_pair, sample_service
 from meshcore.wire import CIDR, ClusterService, IPIdentityPair, L4Addr, Node, NodeAddress
 
 LOCAL = LocalInfo("c1", 1, "c1-node-0")

@@ -13,8 +13,8 @@ from agent.caches import CacheKind, CacheObserver, MeshCaches
 from agent.desired import LocalInfo, build_desired
 from agent.metrics import AgentMetrics
 from agent.remote import AgentRemoteWork
-from agent.samples import SampleSize, canary_keys, sample_identity, sample_node, seed_cluster
 from lab.etcd import EtcdProcess
+from lab.samples import SampleSize, canary_keys, sample_identity, sample_node, seed_cluster
 from lab.wait import poll_until
 from meshcore.kvstore.client import EtcdClient
 from meshcore.wire import ClusterConfig, ClusterService, IPIdentityPair, L4Addr, LabelSet

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from click.testing import CliRunner, Result
 
-from agent.samples import SampleSize, canary_keys, seed_cluster
 from clustermesh_cli.main import cli
 from clustermesh_cli.status import cluster_error, render_summary
 from lab.etcd import EtcdProcess
+from lab.samples import SampleSize, canary_keys, seed_cluster
 from meshcore.kvstore.client import EtcdClient
 from meshcore.wire import keys as wirekeys
 from tests.agent.test_agent_daemon import agent_process, until

@@ -13,7 +13,7 @@ import pytest
 
 from clustermesh_apiserver.config import ApiServerConfig
 from clustermesh_apiserver.server import ApiServer
-from lab.k8sapi import K8sApiServer
+from lab.kube.api import K8sApiServer
 from meshcore.kvstore.config import EtcdClientConfig
 
 RunServer = Callable[..., AbstractAsyncContextManager[ApiServer]]

@@ -18,7 +18,7 @@ from cryptography import x509
 from clustermesh_apiserver.cli import main
 from clustermesh_cli.main import cli
 from lab.etcd import EtcdProcess, free_port
-from lab.k8sapi import K8sApiServer
+from lab.kube.api import K8sApiServer
 from lab.wait import poll_until
 from meshcore.kvstore.client import EtcdClient
 from meshcore.pki import certificate_common_name

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from lab.etcd import EtcdProcess
-from lab.k8sapi import K8sApiServer
+from lab.kube.api import K8sApiServer
 from meshcore.kvstore.client import EtcdClient
 
 KUBECTL = "/usr/bin/kubectl"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.etcd import EtcdProcess
-from lab.k8sapi import K8sApiServer
+from lab.kube.api import K8sApiServer
 from lab.wait import poll_until
 from meshcore.kvstore.client import EtcdClient
 from meshcore.wire import IPIdentityPair, LabelSet, Node

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 
 from lab.etcd import EtcdProcess
-from lab.k8sapi import DEFAULT_CRD_KINDS, K8sApiServer
+from lab.kube.api import DEFAULT_CRD_KINDS, K8sApiServer
 from lab.wait import poll_until
 from meshcore.kvstore.client import EtcdClient
 from meshcore.wire import ClusterConfig, MCSAPIServiceSpec

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from lab.etcd import EtcdProcess
-from lab.k8sapi import K8sApiServer
+from lab.kube.api import K8sApiServer
 from meshcore.errors import KVStoreAuthError
 from meshcore.kvstore.client import EtcdClient
 from meshcore.wire import keys as wk

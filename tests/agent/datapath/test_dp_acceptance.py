@@ -1,4 +1,4 @@
-"""Issue 5 acceptance, all real: a lab.netns Topology of 2 clusters x 2 nodes with pods, one etcd
+"""Issue 5 acceptance, all real: a lab.net Topology of 2 clusters x 2 nodes with pods, one etcd
 per cluster, a Kubernetes API emulator per cluster (CiliumNetworkPolicy and the global Service with
 its affinity annotation), and one ``clustermesh-agent --datapath bpf`` process per node, run inside
 its node namespace (``ip netns exec``), with a clustermesh config dir naming the OTHER cluster's
@@ -37,8 +37,8 @@ from lab.dpmesh import (
     poll_until_sync,
     web_from_c2_frontend_policy,
 )
-from lab.netns import Pod, ping, start_tcp_stream, tcp_stream
-from lab.netns.topology import Node
+from lab.net import Pod, ping, start_tcp_stream, tcp_stream
+from lab.net.topology import Node
 
 PROJECT = Path(__file__).resolve().parents[3]
 

@@ -23,8 +23,8 @@ from lab.dpmesh import (
     node_name,
     web_from_c2_frontend_policy,
 )
-from lab.netns import HAND_BUILT_PROTO, Topology, ping, tcp_stream, unique_prefix
-from lab.netns.topology import Node
+from lab.net import HAND_BUILT_PROTO, Topology, ping, tcp_stream, unique_prefix
+from lab.net.topology import Node
 from meshcore.reconcile import Reconciler
 
 NATIVE = ("--routing-mode", "native")

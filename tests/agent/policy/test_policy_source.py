@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agent.policy.source import PolicySource
-from lab.k8sapi import DEFAULT_CRD_KINDS, K8sApiServer
+from lab.kube.api import DEFAULT_CRD_KINDS, K8sApiServer
 from lab.wait import poll_until
 from meshcore.backoff import Backoff
 from meshcore.k8s.client import K8sApi

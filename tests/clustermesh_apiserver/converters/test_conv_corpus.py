@@ -1,7 +1,7 @@
 """Drive the pure converters through the Cilium conformance corpus.
 
 Each clustermesh-apiserver ``*.txtar`` (and the operator's ``servicesync.txtar``) is run by the
-script helpers of ``clustermesh_apiserver.converters._scenario_text`` against an in-memory model
+script helpers of ``lab.scenario_text`` against an in-memory model
 of the apiserver: a dict of Kubernetes objects, a dict standing in for etcd, and the product's
 :class:`clustermesh_apiserver.exporters.Exporters` (namespace filtering, ipcache ownership, service
 and service-export sync) fed in the server's start-up order, with its canaries and cluster config
@@ -25,7 +25,9 @@ from typing import Any
 import pytest
 import yaml
 
-from clustermesh_apiserver.converters._scenario_text import (
+from clustermesh_apiserver.exporters import Exporters, ExportSettings, ExportStores
+from lab.conformance import SKIPPED, VERSION_SKEWED, Skew, corpus_files
+from lab.scenario_text import (
     ScriptError,
     Workspace,
     format_listing,
@@ -33,8 +35,6 @@ from clustermesh_apiserver.converters._scenario_text import (
     parse_script,
     run_script,
 )
-from clustermesh_apiserver.exporters import Exporters, ExportSettings, ExportStores
-from lab.conformance import SKIPPED, VERSION_SKEWED, Skew, corpus_files
 from lab.shared import CONFORMANCE_DIR
 from meshcore import txtar
 from meshcore.wire import ClusterConfig, ClusterConfigCapabilities

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from clustermesh_apiserver.converters._scenario_text import (
+from lab.scenario_text import (
     ListArgs,
     ScriptError,
     Workspace,

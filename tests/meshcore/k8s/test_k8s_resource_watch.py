@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from lab.k8sapi import K8sApiServer
+from lab.kube.api import K8sApiServer
 from lab.wait import poll_until
 from meshcore.backoff import Backoff
 from meshcore.k8s.client import K8sApi

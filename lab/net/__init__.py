@@ -1,0 +1,41 @@
+"""Reusable network-namespace topologies for datapath tests and the lab.
+
+Clusters of nodes with pods, each in its own namespace, on one isolated underlay L2 segment;
+nothing is attached or routed to the host. See :mod:`lab.net.topology` for the layout,
+:mod:`lab.net.names` for the naming and address plan and :mod:`lab.net.traffic` for test traffic.
+"""
+
+from lab.net.errors import CommandError, NetnsError, TopologyError
+from lab.net.names import unique_prefix
+from lab.net.nsutil import cleanup_stale, run_in
+from lab.net.topology import HAND_BUILT_PROTO, Cluster, Node, Pod, Topology
+from lab.net.traffic import (
+    StreamResult,
+    StreamRun,
+    ping,
+    ping_matrix,
+    start_tcp_stream,
+    tcp_stream,
+    tcp_throughput,
+)
+
+__all__ = [
+    "HAND_BUILT_PROTO",
+    "Cluster",
+    "CommandError",
+    "NetnsError",
+    "Node",
+    "Pod",
+    "StreamResult",
+    "StreamRun",
+    "Topology",
+    "TopologyError",
+    "cleanup_stale",
+    "ping",
+    "ping_matrix",
+    "run_in",
+    "start_tcp_stream",
+    "tcp_stream",
+    "tcp_throughput",
+    "unique_prefix",
+]

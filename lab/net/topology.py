@@ -1,0 +1,435 @@
+"""A topology of clusters of nodes with pods, each in its own network namespace, on one isolated
+underlay L2 segment; the plan (names, addresses, MACs) is in :mod:`lab.net.names`.
+
+::
+
+    <prefix>-underlay:  bridge <prefix>br, ports <prefix>u<cid>n<i>
+                                   |  veth
+    <prefix>-<cluster>.<node>:     <prefix>ul 192.168.<cid>.<i+1>/16, ip_forward=1,
+                                   <prefix>p<j> --veth-- eth0 of pod j, route <pod ip>/32 dev <prefix>p<j>
+    <prefix>-<cluster>.<node>.<pod>: eth0 <pod ip>/32, default via 169.254.1.1 (static neighbour)
+
+Nothing routes between nodes' pods by itself: that is the datapath's job. For baselines,
+:meth:`Topology.hand_built_tunnel` and :meth:`Topology.hand_built_native` build the same mesh by
+hand with plain kernel routing; :meth:`Topology.remove_hand_built` takes either away.
+
+Cleanup: :meth:`Topology.close` (also on ``with`` exit, at garbage collection and at interpreter
+exit through a ``weakref.finalize``) removes every namespace named with the prefix, killing
+processes left inside; :func:`lab.net.nsutil.cleanup_stale` does the same for a killed run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal
+
+from lab.net import names, nsutil
+from lab.net.errors import TopologyError
+
+#: Routing protocol number tagging the routes the hand-built modes add (so removal finds them all).
+HAND_BUILT_PROTO = 147
+_NUD_PERMANENT = 0x80
+_NUD_NOARP = 0x40
+_NTF_SELF = 0x02
+_RTNH_F_ONLINK = 4
+
+HandBuilt = Literal["tunnel", "native"]
+
+_NODE_SYSCTLS = {
+    "net.ipv4.ip_forward": 1,
+    "net.ipv4.conf.all.rp_filter": 0,
+    "net.ipv4.conf.default.rp_filter": 0,
+    "net.ipv6.conf.all.disable_ipv6": 1,
+    "net.ipv6.conf.default.disable_ipv6": 1,
+}
+_QUIET_SYSCTLS = {"net.ipv6.conf.all.disable_ipv6": 1, "net.ipv6.conf.default.disable_ipv6": 1}
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A cluster: a name, a ClusterMesh cluster id (1-255) and a pod CIDR."""
+
+    name: str
+    cluster_id: int
+    pod_cidr: ipaddress.IPv4Network
+
+
+@dataclass(frozen=True)
+class Node:
+    """A node: its namespace, underlay device/address and the /24 of pod addresses it hands out."""
+
+    cluster: str
+    cluster_id: int
+    name: str
+    index: int
+    ns: str
+    underlay_ifname: str
+    underlay_ip: ipaddress.IPv4Address
+    underlay_mac: str
+    pod_cidr: ipaddress.IPv4Network
+
+    @property
+    def vtep_mac(self) -> str:
+        """MAC of this node's hand-built VXLAN device."""
+        return names.vtep_mac(self.underlay_ip)
+
+
+@dataclass(frozen=True)
+class Pod:
+    """A pod: its namespace and address, and the node end of its veth (``host_ifname`` in ``node_ns``)."""
+
+    cluster: str
+    node: str
+    name: str
+    index: int
+    ns: str
+    node_ns: str
+    ip: ipaddress.IPv4Address
+    ifname: str
+    mac: str
+    host_ifname: str
+    host_mac: str
+
+
+@dataclass
+class _NodeState:
+    node: Node
+    pods: list[Pod] = field(default_factory=list)
+
+
+class Topology:
+    """Clusters of nodes with pods in network namespaces named ``<prefix>-...`` (see module doc).
+
+    ``prefix``: 2-7 characters of ``[a-z0-9]`` unique among live topologies on the machine (see
+    :func:`lab.net.names.unique_prefix`); construction fails if namespaces with it exist already.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = names.validate_prefix(prefix)
+        leftovers = nsutil.namespaces_with_prefix(prefix)
+        if leftovers:
+            raise TopologyError(
+                f"namespaces with prefix {prefix!r} exist already ({', '.join(leftovers[:3])}...): pick another "
+                f"prefix or remove leftovers with cleanup_stale({prefix!r})"
+            )
+        self._clusters: dict[str, Cluster] = {}
+        self._nodes: dict[str, list[_NodeState]] = {}
+        self._underlay_ready = False
+        self._hand_built: HandBuilt | None = None
+        self._closed = False
+        self._finalizer = weakref.finalize(self, nsutil.cleanup_stale, prefix)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Remove every namespace (hence every device) of this topology. Idempotent."""
+        self._closed = True
+        self._finalizer()
+
+    def __enter__(self) -> Topology:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TopologyError(f"topology {self.prefix!r} is closed")
+
+    # --- views -------------------------------------------------------------------------------
+
+    @property
+    def underlay_ns(self) -> str:
+        """The namespace holding the underlay bridge."""
+        return names.underlay_ns(self.prefix)
+
+    @property
+    def clusters(self) -> list[Cluster]:
+        """The clusters, in the order they were added."""
+        return list(self._clusters.values())
+
+    @property
+    def nodes(self) -> list[Node]:
+        """All nodes, cluster by cluster."""
+        return [s.node for states in self._nodes.values() for s in states]
+
+    @property
+    def pods(self) -> list[Pod]:
+        """All pods, node by node."""
+        return [p for states in self._nodes.values() for s in states for p in s.pods]
+
+    @property
+    def hand_built(self) -> HandBuilt | None:
+        """Which hand-built mesh is in place, if any."""
+        return self._hand_built
+
+    def cluster(self, name: str) -> Cluster:
+        """The cluster called ``name``."""
+        try:
+            return self._clusters[name]
+        except KeyError:
+            raise TopologyError(f"no cluster {name!r} in topology {self.prefix!r}") from None
+
+    def node(self, cluster: Cluster | str, name: str) -> Node:
+        """The node ``name`` of ``cluster``."""
+        return self._node_state(cluster, name).node
+
+    def pods_of(self, node: Node) -> list[Pod]:
+        """The pods of ``node``."""
+        return list(self._node_state(node.cluster, node.name).pods)
+
+    def node_of(self, pod: Pod) -> Node:
+        """The node hosting ``pod``."""
+        return self.node(pod.cluster, pod.node)
+
+    def _node_state(self, cluster: Cluster | str, name: str) -> _NodeState:
+        cname = cluster.name if isinstance(cluster, Cluster) else cluster
+        for state in self._nodes.get(self.cluster(cname).name, []):
+            if state.node.name == name:
+                return state
+        raise TopologyError(f"no node {name!r} in cluster {cname!r}")
+
+    # --- building ----------------------------------------------------------------------------
+
+    def add_cluster(self, name: str, cluster_id: int, pod_cidr: str | ipaddress.IPv4Network | None = None) -> Cluster:
+        """Declare a cluster (no namespace of its own). ``pod_cidr`` defaults to ``10.<id>.0.0/16``;
+        it must not overlap another cluster's, the underlay or link-local space."""
+        self._check_open()
+        names.validate_name("cluster", name)
+        names.check_cluster_id(cluster_id)
+        cidr = names.default_pod_cidr(cluster_id) if pod_cidr is None else ipaddress.IPv4Network(pod_cidr)
+        if cidr.prefixlen > 24:
+            raise TopologyError(f"pod CIDR {cidr} of cluster {name!r} is smaller than a /24")
+        for other in self._clusters.values():
+            if other.name == name or other.cluster_id == cluster_id:
+                raise TopologyError(f"cluster {name!r} (id {cluster_id}) clashes with cluster {other.name!r}")
+            if other.pod_cidr.overlaps(cidr):
+                raise TopologyError(f"pod CIDR {cidr} overlaps cluster {other.name!r}'s {other.pod_cidr}")
+        for reserved in (names.UNDERLAY_NET, ipaddress.IPv4Network("169.254.0.0/16")):
+            if reserved.overlaps(cidr):
+                raise TopologyError(f"pod CIDR {cidr} overlaps the lab's reserved {reserved}")
+        cluster = Cluster(name=name, cluster_id=cluster_id, pod_cidr=cidr)
+        self._clusters[name] = cluster
+        self._nodes[name] = []
+        return cluster
+
+    def add_node(self, cluster: Cluster | str, name: str) -> Node:
+        """Create a node namespace of ``cluster`` wired to the underlay bridge, with IP forwarding."""
+        self._check_open()
+        c = self.cluster(cluster.name if isinstance(cluster, Cluster) else cluster)
+        names.validate_name("node", name)
+        states = self._nodes[c.name]
+        if any(s.node.name == name for s in states):
+            raise TopologyError(f"node {name!r} exists already in cluster {c.name!r}")
+        index = len(states)
+        ip = names.node_underlay_ip(c.cluster_id, index)
+        node = Node(
+            cluster=c.name,
+            cluster_id=c.cluster_id,
+            name=name,
+            index=index,
+            ns=names.node_ns(self.prefix, c.name, name),
+            underlay_ifname=names.node_underlay_ifname(self.prefix),
+            underlay_ip=ip,
+            underlay_mac=names.node_underlay_mac(ip),
+            pod_cidr=names.node_pod_cidr(c.pod_cidr, index),
+        )
+        self._ensure_underlay()
+        nsutil.create_namespace(node.ns)
+        states.append(_NodeState(node))
+        nsutil.set_sysctls(node.ns, _NODE_SYSCTLS)
+        port = names.underlay_port_ifname(self.prefix, c.cluster_id, index)
+        with nsutil.iproute(self.underlay_ns) as ipr:
+            ipr.link("add", ifname=port, kind="veth", peer={"ifname": node.underlay_ifname, "net_ns_fd": node.ns})
+            bridge = nsutil.ifindex(ipr, names.bridge_ifname(self.prefix))
+            ipr.link("set", index=nsutil.ifindex(ipr, port), master=bridge, mtu=names.UNDERLAY_MTU, state="up")
+        with nsutil.iproute(node.ns) as ipr:
+            _lo_up(ipr)
+            idx = nsutil.ifindex(ipr, node.underlay_ifname)
+            ipr.link("set", index=idx, address=node.underlay_mac, mtu=names.UNDERLAY_MTU, state="up")
+            ipr.addr("add", index=idx, address=str(ip), prefixlen=names.UNDERLAY_NET.prefixlen)
+        return node
+
+    def add_pod(self, node: Node, name: str) -> Pod:
+        """Create a pod namespace behind ``node``: a veth pair, the next address of the node's /24,
+        a default route via the static gateway 169.254.1.1 and the node's /32 route back."""
+        self._check_open()
+        names.validate_name("pod", name)
+        state = self._node_state(node.cluster, node.name)
+        if any(p.name == name for s in self._nodes[node.cluster] for p in s.pods):
+            raise TopologyError(f"pod {name!r} exists already in cluster {node.cluster!r}")
+        index = len(state.pods)
+        ip = names.pod_ip(node.pod_cidr, index)
+        pod = Pod(
+            cluster=node.cluster,
+            node=node.name,
+            name=name,
+            index=index,
+            ns=names.pod_ns(self.prefix, node.cluster, node.name, name),
+            node_ns=node.ns,
+            ip=ip,
+            ifname=names.POD_IFNAME,
+            mac=names.pod_mac(ip),
+            host_ifname=names.node_pod_ifname(self.prefix, index),
+            host_mac=names.pod_host_mac(ip),
+        )
+        nsutil.create_namespace(pod.ns)
+        state.pods.append(pod)
+        nsutil.set_sysctls(pod.ns, _QUIET_SYSCTLS)
+        with nsutil.iproute(node.ns) as ipr:
+            ipr.link("add", ifname=pod.host_ifname, kind="veth", peer={"ifname": pod.ifname, "net_ns_fd": pod.ns})
+            idx = nsutil.ifindex(ipr, pod.host_ifname)
+            ipr.link("set", index=idx, address=pod.host_mac, mtu=names.POD_MTU, state="up")
+            ipr.route("add", dst=f"{ip}/32", oif=idx, scope="link")
+            ipr.neigh("add", dst=str(ip), lladdr=pod.mac, ifindex=idx, state=_NUD_PERMANENT)
+        with nsutil.iproute(pod.ns) as ipr:
+            _lo_up(ipr)
+            idx = nsutil.ifindex(ipr, pod.ifname)
+            ipr.link("set", index=idx, address=pod.mac, mtu=names.POD_MTU, state="up")
+            ipr.addr("add", index=idx, address=str(ip), prefixlen=32)
+            gw = str(names.POD_GATEWAY)
+            ipr.neigh("add", dst=gw, lladdr=pod.host_mac, ifindex=idx, state=_NUD_PERMANENT)
+            ipr.route("add", dst=f"{gw}/32", oif=idx, scope="link")
+            ipr.route("add", dst="0.0.0.0/0", gateway=gw, oif=idx)
+        return pod
+
+    def _ensure_underlay(self) -> None:
+        if self._underlay_ready:
+            return
+        nsutil.create_namespace(self.underlay_ns)
+        nsutil.set_sysctls(self.underlay_ns, _QUIET_SYSCTLS)
+        with nsutil.iproute(self.underlay_ns) as ipr:
+            _lo_up(ipr)
+            ipr.link("add", ifname=names.bridge_ifname(self.prefix), kind="bridge", br_stp_state=0)
+            idx = nsutil.ifindex(ipr, names.bridge_ifname(self.prefix))
+            ipr.link("set", index=idx, mtu=names.UNDERLAY_MTU, state="up")
+        self._underlay_ready = True
+
+    # --- hand-built meshes (baselines) -------------------------------------------------------
+
+    def hand_built_tunnel(self) -> None:
+        """Mesh all nodes' pods by hand over VXLAN (VNI 42, port 8472), like flannel: per node a
+        ``vxlan`` device ``<prefix>vx`` on the underlay device with static FDB entries, and per remote
+        node ``<its pod /24> via <its /24 network address> dev <prefix>vx onlink`` with a permanent
+        neighbour entry for that next hop carrying the remote VXLAN device's MAC. Idempotent;
+        replaces a native mesh; call again after adding nodes."""
+        self._check_open()
+        if self._hand_built == "native":
+            self.remove_hand_built()
+        nodes = self.nodes
+        vx_name = names.vxlan_ifname(self.prefix)
+        for node in nodes:
+            with nsutil.iproute(node.ns) as ipr:
+                vx = _existing(ipr, vx_name)
+                if vx is None:
+                    ipr.link(
+                        "add",
+                        ifname=vx_name,
+                        kind="vxlan",
+                        vxlan_id=names.VXLAN_VNI,
+                        vxlan_port=names.VXLAN_PORT,
+                        vxlan_local=str(node.underlay_ip),
+                        vxlan_link=nsutil.ifindex(ipr, node.underlay_ifname),
+                        vxlan_learning=0,
+                    )
+                    vx = nsutil.ifindex(ipr, vx_name)
+                    ipr.link("set", index=vx, address=node.vtep_mac, state="up")
+                for remote in nodes:
+                    if remote == node:
+                        continue
+                    hop = str(remote.pod_cidr.network_address)
+                    ipr.fdb(
+                        "replace",
+                        ifindex=vx,
+                        lladdr=remote.vtep_mac,
+                        dst=str(remote.underlay_ip),
+                        state=_NUD_PERMANENT | _NUD_NOARP,
+                        flags=_NTF_SELF,
+                    )
+                    ipr.neigh("replace", dst=hop, lladdr=remote.vtep_mac, ifindex=vx, state=_NUD_PERMANENT)
+                    ipr.route(
+                        "replace",
+                        dst=str(remote.pod_cidr),
+                        gateway=hop,
+                        oif=vx,
+                        flags=_RTNH_F_ONLINK,
+                        proto=HAND_BUILT_PROTO,
+                    )
+        self._hand_built = "tunnel"
+
+    def hand_built_native(self) -> None:
+        """Mesh all nodes' pods by hand with plain routes: per remote node ``<its pod /24> via <its
+        underlay IP>`` (all nodes share one L2 underlay). Idempotent; replaces a tunnel mesh; call
+        again after adding nodes."""
+        self._check_open()
+        if self._hand_built == "tunnel":
+            self.remove_hand_built()
+        nodes = self.nodes
+        for node in nodes:
+            with nsutil.iproute(node.ns) as ipr:
+                ul = nsutil.ifindex(ipr, node.underlay_ifname)
+                for remote in nodes:
+                    if remote != node:
+                        ipr.route(
+                            "replace",
+                            dst=str(remote.pod_cidr),
+                            gateway=str(remote.underlay_ip),
+                            oif=ul,
+                            proto=HAND_BUILT_PROTO,
+                        )
+        self._hand_built = "native"
+
+    def remove_hand_built(self) -> None:
+        """Take away whichever hand-built mesh is in place (the VXLAN devices and every route tagged
+        with :data:`HAND_BUILT_PROTO`). Idempotent."""
+        self._check_open()
+        vx_name = names.vxlan_ifname(self.prefix)
+        for node in self.nodes:
+            with nsutil.iproute(node.ns) as ipr:
+                vx = _existing(ipr, vx_name)
+                if vx is not None:
+                    ipr.link("del", index=vx)
+                for route in ipr.get_routes(family=2, proto=HAND_BUILT_PROTO):
+                    with contextlib.suppress(Exception):  # gone with the VXLAN device meanwhile
+                        ipr.route("del", **_route_key(route))
+        self._hand_built = None
+
+    def iproute(self, ns: str | nsutil.InNamespace) -> contextlib.AbstractContextManager[Any]:
+        """A pyroute2 ``IPRoute`` bound to namespace ``ns`` (a name, node or pod; a context manager)."""
+        return nsutil.iproute(ns)
+
+    def namespaces(self) -> Iterator[str]:
+        """The namespaces this topology has created so far (underlay, nodes, pods)."""
+        if self._underlay_ready:
+            yield self.underlay_ns
+        for node in self.nodes:
+            yield node.ns
+        for pod in self.pods:
+            yield pod.ns
+
+
+def _lo_up(ipr: Any) -> None:
+    ipr.link("set", index=nsutil.ifindex(ipr, "lo"), state="up")
+
+
+def _existing(ipr: Any, ifname: str) -> int | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return int(found[0]) if found else None
+
+
+def _route_key(route: Any) -> dict[str, Any]:
+    key: dict[str, Any] = {
+        "dst": f"{route.get('dst') or '0.0.0.0'}/{route['dst_len']}",
+        "table": route.get("table"),
+        "proto": route["proto"],
+    }
+    if route.get("oif") is not None:
+        key["oif"] = route.get("oif")
+    return key
