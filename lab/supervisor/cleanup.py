@@ -1,0 +1,238 @@
+"""Remove every trace of a lab, whether it is running, half built, or its supervisor was killed.
+
+Nothing here needs the supervisor: a lab is found by its name alone (lab/README.md), so a ``lab up``
+killed with SIGKILL half way is cleaned as well as a healthy lab. The order matters: processes
+first (so nothing re-creates what is removed next), then mounts, namespaces, cgroups, pins,
+kubeconfig contexts, and the state directory last (it holds the records the earlier steps read).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab.net import nsutil
+from lab.supervisor import kubeconfig
+from lab.supervisor.spec import (
+    BPFFS,
+    ENV_MARKER,
+    LabSpecError,
+    cgroup_unified_root,
+    load,
+    state_dir,
+    validate_lab_name,
+)
+
+_KILL_ROUNDS = 10
+_TERM_WAIT = 10.0
+
+
+@dataclass
+class CleanupReport:
+    """What a sweep found and removed (for progress output and tests)."""
+
+    processes: list[int] = field(default_factory=list)
+    mounts: list[str] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    cgroups: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    contexts: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not any((self.processes, self.mounts, self.namespaces, self.cgroups, self.paths, self.contexts))
+
+
+def _own_lineage() -> set[int]:
+    pids, pid = set(), os.getpid()
+    for _ in range(64):
+        pids.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        if pid <= 1:
+            break
+    return pids
+
+
+def lab_processes(name: str) -> list[int]:
+    """PIDs whose environment says they belong to lab ``name`` (this process and its parents excluded)."""
+    marker = f"{ENV_MARKER}={name}".encode()
+    mine = _own_lineage()
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        try:
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in env.split(b"\0"):
+            out.append(int(entry.name))
+    return sorted(out)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def kill_all(find: Callable[[], Iterable[int]], report: CleanupReport) -> None:
+    """SIGKILL (after SIGCONT, so stopped ones die too) whatever ``find`` returns, until it returns
+    nothing alive; bounded rounds, since processes may fork while they are being killed."""
+    for _ in range(_KILL_ROUNDS):
+        pids = [p for p in find() if _alive(p)]
+        if not pids:
+            return
+        for pid in pids:
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+            if pid not in report.processes:
+                report.processes.append(pid)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.02)
+
+
+def _stop_supervisor(name: str, report: CleanupReport) -> None:
+    """Ask a live supervisor to take its lab down (SIGTERM), bounded; the sweep does the rest."""
+    pid_file = state_dir(name) / "supervisor.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return
+    if not _alive(pid) or f"{ENV_MARKER}={name}".encode() not in _environ(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + _TERM_WAIT
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    report.processes.append(pid)
+
+
+def _environ(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
+def _cgroup_pids(root: Path) -> list[int]:
+    pids: list[int] = []
+    if not root.is_dir():
+        return pids
+    for procs in root.rglob("cgroup.procs"):
+        with contextlib.suppress(OSError, ValueError):
+            pids += [int(line) for line in procs.read_text().split()]
+    return pids
+
+
+def _lab_cgroup(name: str) -> Path:
+    try:
+        return cgroup_unified_root() / f"clustermesh-lab-{name}"
+    except LabSpecError:
+        return Path("/nonexistent")
+
+
+def _remove_cgroups(root: Path, report: CleanupReport) -> None:
+    if not root.is_dir():
+        return
+    dirs = sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+    for d in [*dirs, root]:
+        with contextlib.suppress(OSError):
+            d.rmdir()
+            report.cgroups.append(str(d))
+
+
+def mounts_below(paths: Iterable[Path]) -> list[str]:
+    """Mount points (deepest first) at or below any of ``paths``, from /proc/self/mountinfo."""
+    roots = [str(p).rstrip("/") for p in paths]
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if any(point == r or point.startswith(r + "/") for r in roots):
+            found.append(point)
+    return sorted(set(found), key=lambda p: p.count("/"), reverse=True)
+
+
+def _unmount(paths: Iterable[Path], report: CleanupReport) -> None:
+    for point in mounts_below(paths):
+        # lazy: a mount still held open by a dying process must not block the rest of the sweep
+        rc = os.spawnvp(os.P_WAIT, "umount", ["umount", "-l", point])
+        if rc == 0:
+            report.mounts.append(point)
+
+
+def created_paths(root: Path) -> list[Path]:
+    """Host directories the node runtimes created as mount points (``created-paths`` records)."""
+    out: list[Path] = []
+    if not root.is_dir():
+        return out
+    for record in root.rglob("created-paths.json"):
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            out += [Path(p) for p in json.loads(record.read_text())]
+    return sorted(set(out), key=lambda p: len(p.parts), reverse=True)
+
+
+def _remove_created_paths(paths: list[Path], report: CleanupReport) -> None:
+    for p in paths:
+        with contextlib.suppress(OSError):
+            p.rmdir()  # only if empty: never remove a user's files
+            report.paths.append(str(p))
+
+
+def _rm_pins(directory: Path, report: CleanupReport) -> None:
+    if not directory.exists():
+        return
+    for child in sorted(directory.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            child.rmdir() if child.is_dir() and not child.is_symlink() else child.unlink()
+    with contextlib.suppress(OSError):
+        directory.rmdir()
+    report.paths.append(str(directory))
+
+
+def sweep(name: str) -> CleanupReport:
+    """Take lab ``name`` down completely; safe to call on a lab that does not exist."""
+    validate_lab_name(name)
+    report = CleanupReport()
+    root = state_dir(name)
+    try:
+        spec = load(name)
+    except LabSpecError:
+        spec = None
+    _stop_supervisor(name, report)
+    cgroup_root = _lab_cgroup(name)
+    kill_all(lambda: [*lab_processes(name), *_cgroup_pids(cgroup_root)], report)
+    made = created_paths(root)
+    bpf_dir = BPFFS / f"clustermesh-lab-{name}"
+    _unmount([root, bpf_dir, *made], report)
+    for ns in nsutil.namespaces_with_prefix(name):
+        report.namespaces.append(ns)
+    nsutil.cleanup_stale(name)
+    _remove_cgroups(cgroup_root, report)
+    _rm_pins(bpf_dir, report)
+    _remove_created_paths(made, report)
+    if spec is not None and spec.kubeconfig_merged:
+        contexts = [c.context for c in spec.clusters]
+        with contextlib.suppress(OSError, ValueError):
+            if kubeconfig.remove_from(Path(spec.kubeconfig_merged), contexts):
+                report.contexts += contexts
+    if root.exists():
+        shutil.rmtree(root, ignore_errors=True)
+        report.paths.append(str(root))
+    return report
