@@ -12,6 +12,7 @@ from clustermesh_cli.agent import agent
 from clustermesh_cli.bpf import bpf
 from clustermesh_cli.certs import certs
 from clustermesh_cli.demo import demo
+from clustermesh_cli.lab import lab
 from clustermesh_cli.status import status
 from clustermesh_cli.wire import wire
 from meshcore.cliopts import CONTEXT_SETTINGS, log_options
@@ -36,6 +37,7 @@ def cli(log_level: str, log_json: bool) -> None:
       clustermesh wire encode -h       turn a JSON value into Cilium's exact bytes
       clustermesh wire decode -h       check a value read from etcd, pretty-printed
       clustermesh demo                 two clusters' etcds, one exporting, one reading
+      clustermesh lab up               whole clusters on this machine (kubectl works on them)
 
     Exit status: 0 on success, 1 when the input is invalid, 2 on a usage error.
     """
@@ -48,6 +50,7 @@ cli.add_command(certs)
 cli.add_command(status)
 cli.add_command(agent)
 cli.add_command(bpf)
+cli.add_command(lab)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,16 @@ def api_url(cluster: ClusterSpec) -> str:
 def api_get(spec: LabSpec, cluster: ClusterSpec, path: str, *, timeout: float = 3.0) -> Any:
     """GET ``path`` from the cluster's API; returns the decoded JSON (raises ``OSError`` subclasses
     when the API is down, ``urllib.error.HTTPError`` on an error status)."""
+    return api_request(spec, cluster, "GET", path, timeout=timeout)
+
+
+def api_request(spec: LabSpec, cluster: ClusterSpec, method: str, path: str, body: Any = None, *,
+                timeout: float = 3.0) -> Any:
+    """One request with an optional JSON body; the decoded JSON answer (errors as :func:`api_get`)."""
     ctx = ssl.create_default_context(cafile=str(api_ca_file(spec, cluster)))
-    req = urllib.request.Request(api_url(cluster) + path, headers={"Authorization": "Bearer lab"})
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Authorization": "Bearer lab", **({"Content-Type": "application/json"} if data else {})}
+    req = urllib.request.Request(api_url(cluster) + path, data=data, method=method, headers=headers)
     with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
         body = resp.read()
     try:
