@@ -282,22 +282,8 @@ class Topology:
         )
         nsutil.create_namespace(pod.ns)
         state.pods.append(pod)
-        nsutil.set_sysctls(pod.ns, _QUIET_SYSCTLS)
         with nsutil.iproute(node.ns) as ipr:
-            ipr.link("add", ifname=pod.host_ifname, kind="veth", peer={"ifname": pod.ifname, "net_ns_fd": pod.ns})
-            idx = nsutil.ifindex(ipr, pod.host_ifname)
-            ipr.link("set", index=idx, address=pod.host_mac, mtu=names.POD_MTU, state="up")
-            ipr.route("add", dst=f"{ip}/32", oif=idx, scope="link")
-            ipr.neigh("add", dst=str(ip), lladdr=pod.mac, ifindex=idx, state=_NUD_PERMANENT)
-        with nsutil.iproute(pod.ns) as ipr:
-            _lo_up(ipr)
-            idx = nsutil.ifindex(ipr, pod.ifname)
-            ipr.link("set", index=idx, address=pod.mac, mtu=names.POD_MTU, state="up")
-            ipr.addr("add", index=idx, address=str(ip), prefixlen=32)
-            gw = str(names.POD_GATEWAY)
-            ipr.neigh("add", dst=gw, lladdr=pod.host_mac, ifindex=idx, state=_NUD_PERMANENT)
-            ipr.route("add", dst=f"{gw}/32", oif=idx, scope="link")
-            ipr.route("add", dst="0.0.0.0/0", gateway=gw, oif=idx)
+            plumb_pod(ipr, pod.ns, pod.host_ifname, ip)
         return pod
 
     def _ensure_underlay(self) -> None:
@@ -413,6 +399,61 @@ class Topology:
             yield node.ns
         for pod in self.pods:
             yield pod.ns
+
+
+def plumb_pod(node_ipr: Any, pod_ns: str, host_ifname: str, ip: ipaddress.IPv4Address) -> None:
+    """Wire the existing namespace ``pod_ns`` behind a node the plan's way (see :mod:`lab.net.names`).
+
+    A veth pair whose node end ``host_ifname`` lives in the namespace ``node_ipr`` is bound to and
+    whose pod end is ``eth0`` in ``pod_ns``, both with MTU 1500 and the MACs derived from ``ip``; in
+    the pod: IPv6 off, ``lo`` up, ``ip``/32 on ``eth0``, ``default via 169.254.1.1`` with a permanent
+    neighbour entry for the node end's MAC; on the node: ``ip``/32 dev ``host_ifname`` with a
+    permanent neighbour entry for the pod's MAC. The node end needs no address.
+
+    Converges rather than insists on a clean slate: a pair that exists with the right MACs is kept
+    (addresses, routes and neighbours are replaced in place, so traffic keeps flowing), a pair with
+    other MACs or a missing end is recreated.
+    """
+    pod_mac, host_mac = names.pod_mac(ip), names.pod_host_mac(ip)
+    nsutil.set_sysctls(pod_ns, _QUIET_SYSCTLS)
+    with nsutil.iproute(pod_ns) as pod_ipr:
+        host = _existing(node_ipr, host_ifname)
+        peer = _existing(pod_ipr, names.POD_IFNAME)
+        if host is not None and (
+            peer is None or _link_mac(node_ipr, host) != host_mac or _link_mac(pod_ipr, peer) != pod_mac
+        ):
+            node_ipr.link("del", index=host)  # takes its peer along, wherever that is
+            host, peer = None, _existing(pod_ipr, names.POD_IFNAME)
+        if host is None or peer is None:
+            if peer is not None:  # an eth0 of some other pair
+                pod_ipr.link("del", index=peer)
+            node_ipr.link(
+                "add",
+                ifname=host_ifname,
+                kind="veth",
+                address=host_mac,
+                mtu=names.POD_MTU,
+                peer={"ifname": names.POD_IFNAME, "net_ns_fd": pod_ns, "address": pod_mac, "mtu": names.POD_MTU},
+            )
+            host, peer = nsutil.ifindex(node_ipr, host_ifname), nsutil.ifindex(pod_ipr, names.POD_IFNAME)
+        node_ipr.link("set", index=host, mtu=names.POD_MTU, state="up")
+        node_ipr.route("replace", dst=f"{ip}/32", oif=host, scope="link")
+        node_ipr.neigh("replace", dst=str(ip), lladdr=pod_mac, ifindex=host, state=_NUD_PERMANENT)
+        _lo_up(pod_ipr)
+        pod_ipr.link("set", index=peer, mtu=names.POD_MTU, state="up")
+        for addr in pod_ipr.get_addr(family=2, index=peer):
+            if (addr.get("address"), addr["prefixlen"]) != (str(ip), 32):
+                pod_ipr.addr("del", index=peer, address=addr.get("address"), prefixlen=addr["prefixlen"])
+        pod_ipr.addr("replace", index=peer, address=str(ip), prefixlen=32)
+        gw = str(names.POD_GATEWAY)
+        pod_ipr.neigh("replace", dst=gw, lladdr=host_mac, ifindex=peer, state=_NUD_PERMANENT)
+        pod_ipr.route("replace", dst=f"{gw}/32", oif=peer, scope="link")
+        pod_ipr.route("replace", dst="0.0.0.0/0", gateway=gw, oif=peer)
+
+
+def _link_mac(ipr: Any, index: int) -> str | None:
+    links = ipr.get_links(index)
+    return str(links[0].get("address")) if links else None
 
 
 def _lo_up(ipr: Any) -> None:
