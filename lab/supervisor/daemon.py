@@ -111,6 +111,7 @@ class Supervisor:
             await etcd.start_async()
         except Exception as err:
             raise SupervisorError(f"{cluster.name}: etcd did not start: {err}") from err
+        self._etcd_config(cluster).parent.mkdir(parents=True, exist_ok=True)
         etcd.write_config_yaml(self._etcd_config(cluster))
         self._save_state()
 
@@ -297,8 +298,16 @@ async def run(spec: LabSpec) -> int:
     (spec.state_dir / "supervisor.pid").write_text(str(os.getpid()))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    me = os.getpid()
+
+    def on_signal(signum: int, frame: object) -> None:
+        # Not loop.add_signal_handler: its wakeup fd is inherited by the children pyroute2 forks to
+        # work inside namespaces, and a signal to such a child would read here as one to us.
+        if os.getpid() == me:
+            loop.call_soon_threadsafe(stop.set)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, on_signal)
     runner = web.AppRunner(sup.app())
     await runner.setup()
     sock = spec.state_dir / "supervisor.sock"
@@ -329,5 +338,5 @@ async def run(spec: LabSpec) -> int:
         await runner.cleanup()
         sup.progress.close()
         if sup.topology is not None:
-            sup.topology.close()
+            await asyncio.to_thread(sup.topology.close)  # pyroute2 cannot run on a running loop's thread
     return status

@@ -3,8 +3,10 @@
 Paths handled: ``/version``, ``/healthz`` (``/livez``, ``/readyz``), discovery (``/api``, ``/api/v1``,
 ``/apis``, ``/apis/<g>``, ``/apis/<g>/<v>``), ``/openapi/v2``, ``/openapi/v3[/...]``, and for every served
 kind the collection (GET list/watch, POST, DELETE collection), the item (GET, PUT, PATCH, DELETE) and the
-``status`` subresource (GET, PUT, PATCH), in both ``/namespaces/<ns>/<plural>`` and cluster-wide forms,
-plus the legacy ``/watch/`` prefix. Lists honour ``labelSelector``, ``fieldSelector``, ``limit`` and
+``status`` subresource (GET, PUT, PATCH), ``scale`` (GET, PUT, PATCH: Deployments, ReplicaSets),
+``pods/binding`` (POST) and ``pods/log`` (GET), in both ``/namespaces/<ns>/<plural>`` and cluster-wide forms,
+plus the legacy ``/watch/`` prefix. DELETE takes ``gracePeriodSeconds`` (DeleteOptions body or query).
+Lists honour ``labelSelector``, ``fieldSelector``, ``limit`` and
 ``continue``; ``Accept: ...;as=Table`` gets a ``meta.k8s.io/v1 Table`` (what ``kubectl get`` prints).
 """
 
@@ -14,14 +16,16 @@ import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
 from aiohttp import web
 
-from lab.kube.api import discovery
+from lab.kube.api import discovery, podlogs
 from lab.kube.api.errors import ApiError, bad_request, method_not_allowed, unsupported_media_type
 from lab.kube.api.kinds import KindInfo
+from lab.kube.api.patch import json_patch, merge_patch
 from lab.kube.api.store import ObjectStore
 from lab.kube.api.watchstream import WatchParams, serve_watch
 
@@ -58,11 +62,14 @@ def _truthy(value: str | None) -> bool:
 
 
 class ApiApp:
-    """Request handlers over one store. ``bookmark_interval`` sets how often watches get BOOKMARKs."""
+    """Request handlers over one store. ``bookmark_interval`` sets how often watches get BOOKMARKs;
+    ``pod_log_root`` is where ``pods/log`` finds container logs (see :mod:`lab.kube.api.podlogs`)."""
 
-    def __init__(self, store: ObjectStore, *, bookmark_interval: float = 1.0) -> None:
+    def __init__(self, store: ObjectStore, *, bookmark_interval: float = 1.0,
+                 pod_log_root: Path | None = None) -> None:
         self.store = store
         self.bookmark_interval = bookmark_interval
+        self.pod_log_root = pod_log_root
         self.stopping = False
 
     def make_app(self) -> web.Application:
@@ -143,7 +150,8 @@ class ApiApp:
             ns, tail = None, rest[1:]
         if info is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        if len(tail) > 2 or (len(tail) == 2 and not (tail[1] == "status" and info.status_subresource)):
+        if len(tail) > 2 or (len(tail) == 2 and not ((tail[1] == "status" and info.status_subresource)
+                                                      or tail[1] in info.subresources)):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if not info.namespaced and ns is not None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -184,7 +192,7 @@ class ApiApp:
                 return _json(obj, 201)
             if method == "DELETE":
                 items = self.store.delete_collection(t.info, t.namespace, label_selector=q.get("labelSelector"),
-                                                     field_selector=q.get("fieldSelector"))
+                                                     field_selector=q.get("fieldSelector"), graceful=True)
                 return _json(self._list_doc(t.info, items, self.store.resource_version))
             raise method_not_allowed(f"{method} is not supported on a collection")
         if t.watch:  # legacy /watch/.../<name>: a watch on one object
@@ -197,6 +205,8 @@ class ApiApp:
 
     async def _item(self, request: web.Request, t: Target, name: str) -> web.StreamResponse:
         method, info = request.method, t.info
+        if t.subresource in ("binding", "log", "scale"):
+            return await self._subresource(request, t, name, t.subresource)
         if method == "GET":
             return _json(self.store.get(info, name, t.namespace, copy=False))
         if method == "PUT":
@@ -220,16 +230,73 @@ class ApiApp:
             if t.subresource:
                 raise method_not_allowed("DELETE is not supported on a subresource")
             rv = uid = None
+            grace: Any = request.query.get("gracePeriodSeconds")
             raw = await request.read()
             if raw:
                 try:
-                    opts = json.loads(raw)
+                    opts = json.loads(raw) or {}
                 except ValueError:
                     raise bad_request("DeleteOptions could not be decoded") from None
-                pre = (opts or {}).get("preconditions") or {}
+                pre = opts.get("preconditions") or {}
                 rv, uid = pre.get("resourceVersion"), pre.get("uid")
-            return _json(self.store.delete(info, name, t.namespace, resource_version=rv, uid=uid, copy=False))
+                if opts.get("gracePeriodSeconds") is not None:
+                    grace = opts["gracePeriodSeconds"]
+            try:
+                grace_s = int(grace) if grace not in (None, "") else None
+            except (TypeError, ValueError):
+                raise bad_request(f"invalid gracePeriodSeconds {grace!r}") from None
+            return _json(self.store.delete(info, name, t.namespace, resource_version=rv, uid=uid,
+                                           grace_period_seconds=grace_s, graceful=True, copy=False))
         raise method_not_allowed(f"{method} is not supported")
+
+    async def _subresource(self, request: web.Request, t: Target, name: str, sub: str) -> web.StreamResponse:
+        method, info, ns = request.method, t.info, t.namespace or "default"
+        if sub == "log":
+            if method != "GET":
+                raise method_not_allowed(f"{method} is not supported on pods/log")
+            return await podlogs.serve_log(request, self.store, self.pod_log_root, ns, name)
+        if sub == "binding":
+            if method != "POST":
+                raise method_not_allowed(f"{method} is not supported on pods/binding")
+            body = await self._body(request)
+            target = body.get("target") if isinstance(body, dict) else None
+            if not isinstance(target, dict) or not target.get("name"):
+                raise bad_request("a Binding needs target.name (the node)")
+            if target.get("kind", "Node") != "Node":
+                raise bad_request(f"a Binding's target must be a Node, not {target.get('kind')!r}")
+            uid = ((body.get("metadata") or {}).get("uid")) or None
+            self.store.bind(name, ns, str(target["name"]), uid=uid)
+            # The object bound rather than kube-apiserver's Status: the official Python client deserializes
+            # the answer as a V1Binding (and fails on a Status); client-go ignores the body.
+            md = {**(body.get("metadata") or {}), "name": name, "namespace": ns}
+            return _json({"kind": "Binding", "apiVersion": "v1", "metadata": md, "target": target}, 201)
+        # scale
+        if method == "GET":
+            return _json(self.store.scale(info, name, t.namespace))
+        if method not in ("PUT", "PATCH"):
+            raise method_not_allowed(f"{method} is not supported on {info.plural}/scale")
+        body = await self._body(request)
+        want_rv = None
+        if method == "PUT":
+            doc = body
+            want_rv = ((body or {}).get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
+        else:
+            ptype = PATCH_TYPES.get(request.content_type)
+            current = self.store.scale(info, name, t.namespace)
+            if ptype == "json":
+                doc = json_patch(current, body)
+            elif ptype in ("merge", "strategic", "apply"):
+                doc = merge_patch(current, body)
+            else:
+                raise unsupported_media_type(request.content_type)
+        try:
+            replicas = int(doc["spec"]["replicas"])
+        except (KeyError, TypeError, ValueError):
+            raise bad_request("a Scale needs an integer spec.replicas") from None
+        if replicas < 0:
+            raise ApiError(422, "Invalid", f"spec.replicas: Invalid value: {replicas}: must be greater than or "
+                           "equal to 0")
+        return _json(self.store.set_scale(info, name, replicas, t.namespace, resource_version=want_rv))
 
     def _exists(self, info: KindInfo, name: str, namespace: str | None) -> bool:
         try:

@@ -2,8 +2,12 @@
 
 - every object: a valid DNS-1123 subdomain name (422 otherwise);
 - Namespace: ``status.phase: Active`` and the ``kubernetes.io/metadata.name`` label;
-- Service: ``type: ClusterIP``, a cluster IP allocated from 10.96.0.0/16 (kept on update), ``clusterIPs``,
-  ``ipFamilies``, port ``protocol``/``targetPort`` defaults;
+- Service: ``type: ClusterIP``, a cluster IP allocated from the service CIDR (default 10.96.0.0/16; kept on
+  update; the allocator is rebuilt from the stored Services on start), ``clusterIPs``, ``ipFamilies``, port
+  ``protocol``/``targetPort`` defaults;
+- Pod: ``restartPolicy``, ``terminationGracePeriodSeconds``, ``dnsPolicy``, ``schedulerName``, and
+  ``status.phase: Pending`` on create;
+- Deployment, ReplicaSet, DaemonSet: ``replicas`` (1), strategies and ``revisionHistoryLimit``;
 - Secret: ``type: Opaque`` and ``stringData`` folded into base64 ``data``;
 - CustomResourceDefinition: structural checks, ``status.acceptedNames``, ``storedVersions`` and the
   ``Established``/``NamesAccepted`` conditions (set at once; there is no asynchronous controller).
@@ -21,12 +25,18 @@ from lab.kube.api.errors import invalid
 from lab.kube.api.kinds import KindInfo, validate_crd
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_SERVICE_NET = ipaddress.ip_network("10.96.0.0/16")
+DEFAULT_SERVICE_CIDR = "10.96.0.0/16"
 
 
 def now_rfc3339() -> str:
     """The current time as Kubernetes writes timestamps (second precision, ``Z``)."""
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rfc3339_in(seconds: float) -> str:
+    """The time ``seconds`` from now, formatted like :func:`now_rfc3339`."""
+    then = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
+    return then.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def validate_name(info: KindInfo, name: str) -> None:
@@ -38,11 +48,31 @@ def validate_name(info: KindInfo, name: str) -> None:
 
 
 class Defaulter:
-    """Applies defaults to objects being written; owns the Service cluster-IP allocator."""
+    """Applies defaults to objects being written; owns the Service cluster-IP allocator.
 
-    def __init__(self) -> None:
+    ``service_cidr``: the range cluster IPs come from; its first address is left for the ``kubernetes``
+    Service (which asks for it explicitly), allocation starts a bit above it."""
+
+    def __init__(self, service_cidr: str = DEFAULT_SERVICE_CIDR) -> None:
+        try:
+            self.service_net = ipaddress.ip_network(service_cidr)
+        except ValueError as e:
+            raise ValueError(f"invalid service CIDR {service_cidr!r}: {e}") from None
+        if self.service_net.num_addresses < 16:
+            raise ValueError(f"service CIDR {service_cidr} is too small (at least /28)")
         self._used_ips: set[str] = set()
-        self._next_ip = 10  # 10.96.0.1 is the kubernetes service in real clusters; start a bit above
+        self._next_ip = 10
+
+    def reset(self) -> None:
+        """Forget every allocated IP (before a reload)."""
+        self._used_ips.clear()
+
+    def track(self, storage_key: tuple[str, str], obj: dict[str, Any]) -> None:
+        """Mark what a stored object holds (its cluster IP) as taken: rebuilds the allocator on start."""
+        if storage_key == ("", "services"):
+            ip = str((obj.get("spec") or {}).get("clusterIP") or "")
+            if ip and ip != "None":
+                self._used_ips.add(ip)
 
     def release(self, info: KindInfo, obj: dict[str, Any]) -> None:
         """Free what a deleted object held (its cluster IP)."""
@@ -69,6 +99,31 @@ class Defaulter:
                 obj["data"] = data
         elif key == ("apiextensions.k8s.io", "CustomResourceDefinition"):
             self._crd(info, obj)
+        elif key == ("", "Pod"):
+            spec = obj.setdefault("spec", {})
+            spec.setdefault("restartPolicy", "Always")
+            spec.setdefault("terminationGracePeriodSeconds", 30)
+            spec.setdefault("dnsPolicy", "ClusterFirst")
+            spec.setdefault("schedulerName", "default-scheduler")
+            if old is None:
+                obj.setdefault("status", {}).setdefault("phase", "Pending")
+        elif key in (("apps", "Deployment"), ("apps", "ReplicaSet"), ("apps", "DaemonSet")):
+            self._workload(info.kind, obj)
+
+    @staticmethod
+    def _workload(kind: str, obj: dict[str, Any]) -> None:
+        spec = obj.setdefault("spec", {})
+        if kind != "DaemonSet":
+            spec.setdefault("replicas", 1)
+        if kind == "Deployment":
+            spec.setdefault("strategy", {"type": "RollingUpdate",
+                                         "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}})
+            spec.setdefault("progressDeadlineSeconds", 600)
+        if kind == "DaemonSet":
+            spec.setdefault("updateStrategy", {"type": "RollingUpdate",
+                                               "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
+        if kind != "ReplicaSet":
+            spec.setdefault("revisionHistoryLimit", 10)
 
     def _service(self, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
         spec = obj.setdefault("spec", {})
@@ -95,9 +150,10 @@ class Defaulter:
         spec.setdefault("internalTrafficPolicy", "Cluster")
 
     def _allocate(self) -> str:
-        for _ in range(_SERVICE_NET.num_addresses):
-            ip = str(_SERVICE_NET[self._next_ip])
-            self._next_ip = self._next_ip + 1 if self._next_ip + 2 < _SERVICE_NET.num_addresses else 10
+        net = self.service_net
+        for _ in range(net.num_addresses):
+            ip = str(net[self._next_ip])
+            self._next_ip = self._next_ip + 1 if self._next_ip + 2 < net.num_addresses else 10
             if ip not in self._used_ips:
                 self._used_ips.add(ip)
                 return ip
@@ -122,9 +178,13 @@ class Defaulter:
             stored.append(storage)
         status["storedVersions"] = stored
         status["acceptedNames"] = names
+        # keep the transition times of conditions that already hold: re-applying a CRD changes nothing
+        held = {c.get("type"): c for c in status.get("conditions") or [] if isinstance(c, dict)
+                and c.get("status") == "True"}
         status["conditions"] = [
-            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
-             "message": "no conflicts found", "lastTransitionTime": stamp},
-            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
-             "message": "the initial names have been accepted", "lastTransitionTime": stamp},
+            held.get("NamesAccepted") or {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
+                                          "message": "no conflicts found", "lastTransitionTime": stamp},
+            held.get("Established") or {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+                                        "message": "the initial names have been accepted",
+                                        "lastTransitionTime": stamp},
         ]

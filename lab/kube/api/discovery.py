@@ -73,6 +73,16 @@ def resource_list(registry: KindRegistry, group_name: str, version: str) -> dict
         if k.status_subresource:
             resources.append({"name": f"{k.plural}/status", "singularName": "", "namespaced": k.namespaced,
                               "kind": k.kind, "verbs": list(SUBRESOURCE_VERBS)})
+        for sub in k.subresources:
+            entry: dict[str, Any] = {"name": f"{k.plural}/{sub}", "singularName": "", "namespaced": k.namespaced,
+                                     "kind": k.kind, "verbs": list(SUBRESOURCE_VERBS)}
+            if sub == "scale":
+                entry.update(group="autoscaling", version="v1", kind="Scale")
+            elif sub == "binding":
+                entry.update(kind="Binding", verbs=["create"])
+            elif sub == "log":
+                entry["verbs"] = ["get"]
+            resources.append(entry)
     gv = f"{group_name}/{version}" if group_name else version
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
 

@@ -32,6 +32,7 @@ class KindInfo:
     status_subresource: bool = False
     categories: tuple[str, ...] = ()
     crd: bool = False  # backed by a CustomResourceDefinition (no strategic merge patch, like real CRs)
+    subresources: tuple[str, ...] = ()  # besides status: "scale", "binding", "log"
 
     @property
     def api_version(self) -> str:
@@ -58,8 +59,9 @@ class KindInfo:
 
 
 def _row(group: str, version: str, kind: str, plural: str, namespaced: bool, short: tuple[str, ...] = (),
-         status: bool = False, categories: tuple[str, ...] = (), crd: bool = False) -> KindInfo:
-    return KindInfo(group, version, kind, plural, namespaced, short, status, categories, crd)
+         status: bool = False, categories: tuple[str, ...] = (), crd: bool = False, *,
+         sub: tuple[str, ...] = ()) -> KindInfo:
+    return KindInfo(group, version, kind, plural, namespaced, short, status, categories, crd, sub)
 
 
 NAMESPACED, CLUSTER = True, False
@@ -68,12 +70,21 @@ NAMESPACED, CLUSTER = True, False
 BUILTIN_KINDS: tuple[KindInfo, ...] = (
     _row("", "v1", "Namespace", "namespaces", CLUSTER, ("ns",), True),
     _row("", "v1", "Node", "nodes", CLUSTER, ("no",), True),
-    _row("", "v1", "Pod", "pods", NAMESPACED, ("po",), True, ("all",)),
+    _row("", "v1", "Pod", "pods", NAMESPACED, ("po",), True, ("all",), sub=("binding", "log")),
     _row("", "v1", "Service", "services", NAMESPACED, ("svc",), True, ("all",)),
     _row("", "v1", "Endpoints", "endpoints", NAMESPACED, ("ep",)),
     _row("", "v1", "Secret", "secrets", NAMESPACED),
     _row("", "v1", "ConfigMap", "configmaps", NAMESPACED, ("cm",)),
     _row("", "v1", "Event", "events", NAMESPACED, ("ev",)),
+    _row("", "v1", "ServiceAccount", "serviceaccounts", NAMESPACED, ("sa",)),
+    _row("apps", "v1", "Deployment", "deployments", NAMESPACED, ("deploy",), True, ("all",), sub=("scale",)),
+    _row("apps", "v1", "ReplicaSet", "replicasets", NAMESPACED, ("rs",), True, ("all",), sub=("scale",)),
+    _row("apps", "v1", "DaemonSet", "daemonsets", NAMESPACED, ("ds",), True, ("all",)),
+    _row("rbac.authorization.k8s.io", "v1", "Role", "roles", NAMESPACED),
+    _row("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", NAMESPACED),
+    _row("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", CLUSTER),
+    _row("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", CLUSTER),
+    _row("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", NAMESPACED, ("pdb",), True),
     _row("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", NAMESPACED),
     _row("coordination.k8s.io", "v1", "Lease", "leases", NAMESPACED),
     _row("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", NAMESPACED, ("netpol",)),

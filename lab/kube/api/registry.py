@@ -35,6 +35,12 @@ class KindRegistry:
             self._crds.pop(crd_name, None)
             self._rebuild()
 
+    def clear_crds(self) -> None:
+        """Stop serving every CRD-defined kind (before a reload from etcd)."""
+        with self._lock:
+            self._crds.clear()
+            self._rebuild()
+
     def _rebuild(self) -> None:
         crd_kinds = [k for kinds in self._crds.values() for k in kinds]
         self._all = self._builtin + tuple(crd_kinds)

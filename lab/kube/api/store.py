@@ -13,6 +13,11 @@ the version asked for (CRD conversion strategy ``None``). Stored dicts are never
 write builds a new dict. Public methods return private copies unless called with ``copy=False`` (the
 HTTP layer does that, and only serializes what it gets).
 
+With an :class:`~lab.kube.api.etcdbacking.EtcdBacking` the same store is backed by etcd, as kube-apiserver is:
+each write is a guarded etcd transaction made under the lock, and its revision is the resourceVersion; on
+start the objects and the watch history come from etcd (see :meth:`ObjectStore.__init__`). The store is
+etcd's only writer; writes made by others are picked up (with their events) on the store's next write.
+
 The store is thread-safe: tests may write through it from their own thread while the HTTP server runs
 on another loop; watchers are woken on their own loop with ``call_soon_threadsafe``.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import threading
 import uuid
@@ -29,19 +35,41 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lab.kube.api.defaults import Defaulter, now_rfc3339, validate_name
+from lab.kube.api.defaults import DEFAULT_SERVICE_CIDR, Defaulter, now_rfc3339, rfc3339_in, validate_name
 from lab.kube.api.errors import ApiError, already_exists, bad_request, conflict, gone, invalid, not_found
+from lab.kube.api.etcdbacking import BackingEvent, EtcdBacking, Snapshot
+from lab.kube.api.etcdkeys import decode_object, encode_object, object_key, parse_key
 from lab.kube.api.kinds import CRD_KIND, NAMESPACE_KIND, KindInfo, crd_manifests, kinds_from_crd
 from lab.kube.api.patch import json_patch, merge_patch, strategic_merge_patch
 from lab.kube.api.registry import KindRegistry
 from lab.kube.api.selectors import Predicate, selector_predicate
+from meshcore.errors import KVStoreError
 
 Obj = dict[str, Any]
+_log = logging.getLogger(__name__)
+POD_STORAGE_KEY = ("", "pods")
+DEFAULT_POD_GRACE_SECONDS = 30
+# built-in kinds whose metadata.generation counts spec changes (CRD-backed kinds always do)
+GENERATION_KINDS = frozenset({("apps", "deployments"), ("apps", "replicasets"), ("apps", "daemonsets"),
+                              ("apps", "statefulsets"), ("policy", "poddisruptionbudgets"),
+                              ("networking.k8s.io", "networkpolicies")})
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 PROTECTED_NAMESPACES = frozenset({"default", "kube-system", "kube-public"})
 _GENERATE_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 _ObjList = list[Obj]  # aliases: ObjectStore.list shadows the builtin inside the class body
 _KindList = list[KindInfo]
+
+
+def scale_of(obj: Obj) -> Obj:
+    """The ``autoscaling/v1`` Scale document of a workload object."""
+    md, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    labels = ((spec.get("selector") or {}).get("matchLabels") or {})
+    return {"kind": "Scale", "apiVersion": "autoscaling/v1",
+            "metadata": {k: md[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                         if k in md},
+            "spec": {"replicas": int(spec.get("replicas", 1))},
+            "status": {"replicas": int(status.get("replicas", 0)),
+                       "selector": ",".join(f"{k}={v}" for k, v in sorted(labels.items()))}}
 
 
 def clone(obj: Any) -> Any:
@@ -170,19 +198,31 @@ class ObjectStore:
 
     def __init__(self, registry: KindRegistry | None = None, *, history_limit: int = 10_000,
                  require_namespaces: bool = True, default_namespaces: Iterable[str] = DEFAULT_NAMESPACES,
-                 server_defaults: bool = True) -> None:
+                 server_defaults: bool = True, backing: EtcdBacking | None = None,
+                 service_cidr: str = DEFAULT_SERVICE_CIDR) -> None:
         """``server_defaults=False`` stores objects as given, like client-go's fake clientset that
-        Cilium's script tests use: no defaulted fields, and a given ``creationTimestamp`` is kept."""
+        Cilium's script tests use: no defaulted fields, and a given ``creationTimestamp`` is kept.
+
+        With a connected ``backing`` every object lives in etcd (see :mod:`lab.kube.api.etcdbacking`): the
+        store starts from what etcd holds (objects, resourceVersions = mod_revisions, and the watch history
+        etcd still has), and every write is a guarded etcd transaction whose revision becomes the new
+        resourceVersion. Without it the store is in memory, as a fresh apiserver with an empty etcd."""
         self.registry = registry or KindRegistry()
         self.server_defaults = server_defaults
         self.history_limit = history_limit
         self.require_namespaces = require_namespaces
         self._lock = threading.RLock()
         self._rv = 0
+        self._history_floor = 0  # every change after this resourceVersion is in the histories
         self._data: dict[tuple[str, str], _Resource] = {}
-        self._defaulter = Defaulter()
+        self._defaulter = Defaulter(service_cidr)
+        self._backing = backing
+        self._undecodable: set[str] = set()
+        if backing is not None:
+            self._install_snapshot(backing.load())
         for ns in default_namespaces:
-            self.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}, copy=False)
+            if backing is None or ("", ns) not in self._namespaces():
+                self.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}, copy=False)
 
     # ----- lookups -----
 
@@ -200,10 +240,23 @@ class ObjectStore:
             raise ApiError(404, "NotFound", f'the server doesn\'t have a resource type "{resource}"')
         return info
 
+    @property
+    def backing(self) -> EtcdBacking | None:
+        """The etcd this store persists to (None: in memory)."""
+        return self._backing
+
+    @property
+    def service_network(self) -> str:
+        """The Service cluster-IP range (CIDR)."""
+        return str(self._defaulter.service_net)
+
     def _res(self, info: KindInfo) -> _Resource:
-        res = self._data.get(info.storage_key)
+        return self._res_at(info.storage_key)
+
+    def _res_at(self, storage_key: tuple[str, str]) -> _Resource:
+        res = self._data.get(storage_key)
         if res is None:
-            res = self._data[info.storage_key] = _Resource()
+            res = self._data[storage_key] = _Resource(compacted_rv=self._history_floor)
         return res
 
     def _key(self, info: KindInfo, namespace: str | None, name: str) -> tuple[str, str]:
@@ -250,8 +303,9 @@ class ObjectStore:
 
     # ----- writes -----
 
-    def _commit(self, info: KindInfo, type_: str, obj: Obj, old: Obj | None) -> None:
-        """Record a committed change (lock held; ``obj`` already carries the new resourceVersion)."""
+    def _commit(self, info: KindInfo, type_: str, obj: Obj, old: Obj | None, *, cascade: bool = True) -> None:
+        """Record a committed change (lock held; ``obj`` already carries the new resourceVersion).
+        ``cascade=False``: a CRD deletion does not delete its objects here (whoever deleted it does)."""
         res = self._res(info)
         md = obj["metadata"]
         key = self._key(info, md.get("namespace"), md["name"])
@@ -267,11 +321,150 @@ class ObjectStore:
             if w._offer(ev):
                 w._notify()
         if info.storage_key == CRD_KIND.storage_key:
-            self._crd_changed(obj, deleted=type_ == "DELETED")
+            self._crd_changed(obj, deleted=type_ == "DELETED", cascade=cascade)
 
-    def _next_rv(self) -> str:
-        self._rv += 1
-        return str(self._rv)
+    def _write(self, info: KindInfo, type_: str, obj: Obj, old: Obj | None) -> None:
+        """Persist one change and commit it (lock held): sets ``obj``'s resourceVersion. ``old`` is the
+        stored object an update or deletion replaces."""
+        applied = False
+        if self._backing is None:
+            self._rv += 1
+            rev = self._rv
+        else:
+            rev, applied = self._persist(self._backing, info, type_, obj, old)
+        obj["metadata"]["resourceVersion"] = str(rev)
+        if not applied:
+            self._commit(info, type_, obj, old)
+        self._rv = max(self._rv, rev)
+
+    def _persist(self, backing: EtcdBacking, info: KindInfo, type_: str, obj: Obj, old: Obj | None
+                 ) -> tuple[int, bool]:
+        """Write one change to etcd (lock held); returns its revision and whether catching up with other
+        writers already committed it to the store."""
+        md = obj["metadata"]
+        key = object_key(backing.prefix, info.group, info.plural, info.crd,
+                         md.get("namespace") if info.namespaced else None, md["name"])
+        try:
+            if type_ == "ADDED":
+                done, rev = backing.create(key, encode_object(obj))
+            elif type_ == "MODIFIED":
+                assert old is not None
+                done, rev = backing.update(key, encode_object(obj), int(old["metadata"]["resourceVersion"]))
+            else:
+                assert old is not None
+                done, rev = backing.delete(key, int(old["metadata"]["resourceVersion"]))
+        except KVStoreError as e:
+            raise ApiError(503, "ServiceUnavailable", f"etcd: {e}") from None
+        if not done:  # etcd holds a write the store did not make: learn it, then refuse this one
+            self._resync(backing)
+            if type_ == "ADDED":
+                raise already_exists(info.plural, info.group, md["name"])
+            raise conflict(info.plural, info.group, md["name"])
+        if rev != self._rv + 1:  # someone else wrote in between: apply their events first
+            try:
+                missed = backing.events(self._rv + 1, rev)
+            except KVStoreError:
+                self._resync(backing)  # learns this write too, as etcd has it
+                return rev, True
+            for ev in missed:
+                if ev.revision < rev:
+                    self._apply_backing_event(backing, ev)
+        return rev, False
+
+    # ----- etcd: start and resync -----
+
+    def _install_snapshot(self, snap: Snapshot) -> None:
+        """Load etcd's state and history (lock held or not yet shared)."""
+        assert self._backing is not None
+        prefix = self._backing.prefix
+        self._rv, self._history_floor = snap.revision, snap.floor
+        self._data = {}
+        loaded: list[tuple[tuple[str, str], Obj]] = []
+        for kv in snap.kvs:
+            sk = parse_key(prefix, kv.key)
+            obj = self._decode(kv.key, kv.value, kv.mod_revision) if sk else None
+            if sk is not None and obj is not None:
+                loaded.append((sk, obj))
+        for sk, obj in loaded:  # CRDs first: they decide which kinds are served
+            if sk == CRD_KIND.storage_key:
+                self.registry.set_crd(obj["metadata"]["name"], kinds_from_crd(obj))
+        for sk, obj in loaded:
+            md = obj["metadata"]
+            self._res_at(sk).objects[(md.get("namespace") or "", md["name"])] = obj
+            self._defaulter.track(sk, obj)
+        for ev in snap.events:
+            change = self._event_change(prefix, ev)
+            if change is None:
+                continue
+            sk, type_, obj, old = change
+            res = self._res_at(sk)
+            while len(res.history) >= self.history_limit:
+                res.compacted_rv = res.history.popleft().rv
+            res.history.append(StoreEvent(type_, ev.revision, obj, old))
+
+    def _decode(self, key: str, value: bytes, revision: int) -> Obj | None:
+        try:
+            return decode_object(value, revision)
+        except ValueError as e:
+            if key not in self._undecodable:
+                self._undecodable.add(key)
+                _log.warning("skipping etcd key %s: %s", key, e)
+            return None
+
+    def _event_change(self, prefix: str, ev: BackingEvent) -> tuple[tuple[str, str], str, Obj, Obj | None] | None:
+        """An etcd event as (storage key, event type, object, previous object), or None if not an object."""
+        sk = parse_key(prefix, ev.key)
+        if sk is None:
+            return None
+        old = self._decode(ev.key, ev.prev_value, ev.prev_revision) if ev.prev_value is not None else None
+        if ev.deleted:
+            if ev.prev_value is None:
+                return None
+            gone_obj = self._decode(ev.key, ev.prev_value, ev.revision)
+            return None if gone_obj is None else (sk, "DELETED", gone_obj, None)
+        obj = self._decode(ev.key, ev.value, ev.revision)
+        if obj is None:
+            return None
+        return sk, "MODIFIED" if old is not None else "ADDED", obj, old
+
+    def _apply_backing_event(self, backing: EtcdBacking, ev: BackingEvent) -> None:
+        """Commit a change made in etcd by someone else (lock held); no cascades, no writes."""
+        change = self._event_change(backing.prefix, ev)
+        self._rv = max(self._rv, ev.revision)
+        if change is None:
+            return
+        sk, type_, obj, old = change
+        info = self._info_at(sk, obj)
+        self._commit(info, type_, obj, old, cascade=False)
+        if type_ == "DELETED":
+            self._defaulter.release(info, obj)
+        else:
+            self._defaulter.track(sk, obj)
+
+    def _info_at(self, sk: tuple[str, str], obj: Obj) -> KindInfo:
+        versions = self.registry.versions_of(*sk)
+        if versions:
+            return versions[0]
+        namespaced = bool(obj["metadata"].get("namespace"))
+        return KindInfo(sk[0], "v1", str(obj.get("kind", "")), sk[1], namespaced, crd=True)
+
+    def _resync(self, backing: EtcdBacking) -> None:
+        """Catch up with writes made in etcd by someone else (lock held). If etcd no longer has all of
+        them, reload everything and end every watch (their clients re-list)."""
+        try:
+            events, floor, rev = backing.resync(self._rv)
+        except KVStoreError as e:
+            raise ApiError(503, "ServiceUnavailable", f"etcd: {e}") from None
+        if floor <= self._rv:
+            for ev in events:
+                self._apply_backing_event(backing, ev)
+            self._rv = max(self._rv, rev)
+            return
+        _log.warning("etcd compacted revisions %d..%d that the store had not seen: reloading", self._rv + 1, floor)
+        self.close_watchers()
+        self.registry.clear_crds()  # the snapshot brings back the CRDs etcd still has
+        self._defaulter.reset()
+        self._install_snapshot(backing.load())
 
     def create(self, obj: Obj, *, resource: KindInfo | str | None = None, namespace: str | None = None,
                keep_status: bool = True, copy: bool = True) -> Obj:
@@ -317,12 +510,11 @@ class ObjectStore:
             md["uid"] = str(uuid.uuid4())
             if self.server_defaults or not md.get("creationTimestamp"):
                 md["creationTimestamp"] = now_rfc3339()
-            if info.crd or info.storage_key == CRD_KIND.storage_key:
+            if info.crd or info.storage_key == CRD_KIND.storage_key or info.storage_key in GENERATION_KINDS:
                 md["generation"] = 1
             if self.server_defaults:
                 self._defaulter.apply(info, obj, None)
-            md["resourceVersion"] = self._next_rv()
-            self._commit(info, "ADDED", obj, None)
+            self._write(info, "ADDED", obj, None)
         return self._out(info, obj, copy)
 
     def _namespaces(self) -> dict[tuple[str, str], Obj]:
@@ -401,11 +593,13 @@ class ObjectStore:
             self._defaulter.apply(info, new, old)
         if new == old:
             return self._out(info, old, copy)  # no-op writes do not bump the resourceVersion
-        new["metadata"]["resourceVersion"] = self._next_rv()
-        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
-            self._remove(info, new)
-            return self._out(info, new, copy)
-        self._commit(info, "MODIFIED", new, old)
+        # like kube-apiserver's shouldDeleteDuringUpdate: the last finalizer gone from an object being deleted
+        # with no grace period left (a gracefully terminating Pod stays until deleted with grace 0)
+        if old_md.get("deletionTimestamp") and not new["metadata"].get("finalizers") \
+                and not int(old_md.get("deletionGracePeriodSeconds") or 0):
+            gone_obj = self._remove(info, new if self._backing is None else old, old)
+            return self._out(info, gone_obj, copy)
+        self._write(info, "MODIFIED", new, old)
         return self._out(info, new, copy)
 
     def patch(self, resource: KindInfo | str, name: str, patch: Any, *, namespace: str | None = None,
@@ -442,9 +636,15 @@ class ObjectStore:
             return self._replace(info, old, new, subresource=subresource, keep_status=keep_status, copy=copy)
 
     def delete(self, resource: KindInfo | str, name: str, namespace: str | None = None, *,
-               resource_version: str | None = None, uid: str | None = None, copy: bool = True) -> Obj:
+               resource_version: str | None = None, uid: str | None = None, grace_period_seconds: int | None = None,
+               graceful: bool = False, copy: bool = True) -> Obj:
         """Delete an object and return it (its final state). With finalizers set, only marks it with a
-        ``deletionTimestamp``; it goes away when an update clears the finalizers. Preconditions: 409."""
+        ``deletionTimestamp``; it goes away when an update clears the finalizers. Preconditions: 409.
+
+        With ``graceful=True`` (every HTTP DELETE) or a ``grace_period_seconds``, Pods bound to a node are
+        deleted gracefully (see :meth:`_graceful`); ``grace_period_seconds`` overrides
+        ``spec.terminationGracePeriodSeconds`` (0: at once). Without either, a direct call deletes at once,
+        as a test harness wants."""
         info = self.kind(resource)
         with self._lock:
             old = self._res(info).objects.get(self._key(info, namespace, name))
@@ -456,20 +656,48 @@ class ObjectStore:
                                name=name, kind="namespaces")
             if (resource_version and resource_version != md["resourceVersion"]) or (uid and uid != md["uid"]):
                 raise conflict(info.plural, info.group, name)
+            marked = self._graceful(info, old, grace_period_seconds) \
+                if graceful or grace_period_seconds is not None else None
+            if marked is not None:
+                return self._out(info, marked, copy)
             if md.get("finalizers"):
                 if md.get("deletionTimestamp"):
                     return self._out(info, old, copy)
-                new = {**old, "metadata": {**md, "deletionTimestamp": now_rfc3339(), "deletionGracePeriodSeconds": 0,
-                                           "resourceVersion": self._next_rv()}}
-                self._commit(info, "MODIFIED", new, old)
+                new = {**old, "metadata": {**md, "deletionTimestamp": now_rfc3339(), "deletionGracePeriodSeconds": 0}}
+                self._write(info, "MODIFIED", new, old)
                 return self._out(info, new, copy)
-            gone_obj = {**old, "metadata": {**md, "resourceVersion": self._next_rv()}}
-            self._remove(info, gone_obj)
+            gone_obj = self._remove(info, old, old)
             return self._out(info, gone_obj, copy)
 
-    def _remove(self, info: KindInfo, obj: Obj) -> None:
-        """Commit a deletion of ``obj`` (which carries the deletion's resourceVersion); cascade. Lock held."""
-        self._commit(info, "DELETED", obj, None)
+    def _graceful(self, info: KindInfo, old: Obj, grace_period_seconds: int | None) -> Obj | None:
+        """A Pod's graceful deletion, as kube-apiserver does it (lock held): a bound, running Pod deleted
+        with a grace period > 0 only gets ``deletionTimestamp`` (now + grace) and
+        ``deletionGracePeriodSeconds``; the node runtime deletes it for good with grace 0. Returns the
+        object to answer with, or None when it must go at once."""
+        if info.storage_key != POD_STORAGE_KEY:
+            return None
+        spec, md = old.get("spec") or {}, old["metadata"]
+        phase = (old.get("status") or {}).get("phase")
+        if not spec.get("nodeName") or phase in ("Succeeded", "Failed"):
+            return None
+        grace = grace_period_seconds
+        if grace is None:
+            grace = spec.get("terminationGracePeriodSeconds")
+            grace = DEFAULT_POD_GRACE_SECONDS if grace is None else int(grace)
+        if grace <= 0:
+            return None
+        current = md.get("deletionGracePeriodSeconds")
+        if md.get("deletionTimestamp") and current is not None and int(current) <= grace:
+            return old  # already terminating at least this fast: nothing to change
+        new = {**old, "metadata": {**md, "deletionTimestamp": rfc3339_in(grace), "deletionGracePeriodSeconds": grace}}
+        self._write(info, "MODIFIED", new, old)
+        return new
+
+    def _remove(self, info: KindInfo, final: Obj, old: Obj) -> Obj:
+        """Delete ``old`` (reporting ``final`` as its last state, stamped with the deletion's resourceVersion);
+        cascade. Lock held. Returns the reported object."""
+        obj = {**final, "metadata": dict(final["metadata"])}
+        self._write(info, "DELETED", obj, old)
         self._defaulter.release(info, obj)
         if info.storage_key == NAMESPACE_KIND.storage_key:
             ns = obj["metadata"]["name"]
@@ -478,9 +706,10 @@ class ObjectStore:
                     for key, o in list(self._res(kind).objects.items()):
                         if key[0] == ns:
                             self._drop(kind, o)
+        return obj
 
     def _drop(self, info: KindInfo, obj: Obj) -> None:
-        self._remove(info, {**obj, "metadata": {**obj["metadata"], "resourceVersion": self._next_rv()}})
+        self._remove(info, obj, obj)
 
     def _storage_kinds(self) -> _KindList:
         seen: dict[tuple[str, str], KindInfo] = {}
@@ -489,17 +718,65 @@ class ObjectStore:
         return list(seen.values())
 
     def delete_collection(self, resource: KindInfo | str, namespace: str | None = None, *,
-                          label_selector: str | None = None, field_selector: str | None = None) -> _ObjList:
+                          label_selector: str | None = None, field_selector: str | None = None,
+                          graceful: bool = False) -> _ObjList:
         """Delete every matching object; returns what was deleted (or marked for deletion)."""
         info = self.kind(resource)
         with self._lock:
             items, _ = self.list(info, namespace, label_selector=label_selector, field_selector=field_selector,
                                  copy=False)
-            return [self.delete(info, o["metadata"]["name"], o["metadata"].get("namespace")) for o in items]
+            return [self.delete(info, o["metadata"]["name"], o["metadata"].get("namespace"), graceful=graceful)
+                    for o in items]
+
+    # ----- subresources: pods/binding, <workload>/scale -----
+
+    def bind(self, name: str, namespace: str, node: str, *, uid: str | None = None) -> Obj:
+        """``pods/binding``: set ``spec.nodeName`` and the ``PodScheduled`` condition. 409 Conflict if the
+        Pod is already bound or being deleted (or its uid is not ``uid``); returns the updated Pod."""
+        info = self.registry.lookup("", "v1", "pods")
+        assert info is not None
+        with self._lock:
+            old = self._res(info).objects.get(self._key(info, namespace, name))
+            if old is None:
+                raise not_found("pods", "", name)
+            spec, md = old.get("spec") or {}, old["metadata"]
+            why = ""
+            if uid and uid != md.get("uid"):
+                why = f"the uid of pod {name} is {md.get('uid')}, not {uid}"
+            elif md.get("deletionTimestamp"):
+                why = f"pod {name} is being deleted, cannot be assigned to a host"
+            elif spec.get("nodeName"):
+                why = f'pod {name} is already assigned to node "{spec["nodeName"]}"'
+            if why:
+                raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on pods/binding "{name}": {why}',
+                               name=name, kind="pods/binding")
+            status = dict(old.get("status") or {})
+            conditions = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"]
+            conditions.append({"type": "PodScheduled", "status": "True", "lastProbeTime": None,
+                               "lastTransitionTime": now_rfc3339()})
+            status["conditions"] = conditions
+            new = {**old, "spec": {**spec, "nodeName": node}, "status": status, "metadata": dict(md)}
+            self._write(info, "MODIFIED", new, old)
+            return self._out(info, new, True)
+
+    def scale(self, resource: KindInfo | str, name: str, namespace: str | None = None) -> Obj:
+        """The ``autoscaling/v1`` Scale of a Deployment or ReplicaSet."""
+        return scale_of(self.get(resource, name, namespace, copy=False))
+
+    def set_scale(self, resource: KindInfo | str, name: str, replicas: int, namespace: str | None = None, *,
+                  resource_version: str | None = None) -> Obj:
+        """Set ``spec.replicas`` through the scale subresource; returns the new Scale."""
+        info = self.kind(resource)
+        with self._lock:
+            old = self.get(info, name, namespace, copy=False)
+            if resource_version and resource_version != old["metadata"]["resourceVersion"]:
+                raise conflict(info.plural, info.group, name)
+            new = {**old, "spec": {**(old.get("spec") or {}), "replicas": int(replicas)}}
+            return scale_of(self._replace(info, old, new, subresource=None, keep_status=False, copy=False))
 
     # ----- CRDs -----
 
-    def _crd_changed(self, crd: Obj, *, deleted: bool) -> None:
+    def _crd_changed(self, crd: Obj, *, deleted: bool, cascade: bool = True) -> None:
         name = crd["metadata"]["name"]
         if not deleted:
             self.registry.set_crd(name, kinds_from_crd(crd))
@@ -512,7 +789,7 @@ class ObjectStore:
             return
         names = spec.get("names") or {}
         info = KindInfo(key[0], "v1", str(names.get("kind", "")), key[1], spec.get("scope") != "Cluster", crd=True)
-        for obj in list(res.objects.values()):
+        for obj in list(res.objects.values()) if cascade else ():
             self._drop(info, obj)
         for w in list(res.watchers):
             w._close()
