@@ -32,6 +32,7 @@ DEB_PACKAGES=(
     linux-headers-amd64                # bcc needs kernel headers; the 6.1 ones serve this kernel
     iproute2 tcpdump iputils-ping      # namespaces, veths, routes; wire checks
     nftables                           # lab faults: partitions are drop rules in lab namespaces
+    shellcheck                         # tests lint the kind-configs scripts
 )
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do

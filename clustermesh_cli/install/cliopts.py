@@ -1,0 +1,81 @@
+"""The install options as click flags, shared by ``clustermesh enable`` and the render command.
+
+``@install_options`` adds every manifest-shaping flag except ``--cluster-name``/``--cluster-id``
+(the caller owns those: ``enable`` may derive them from the context); :func:`options_from_params`
+turns the parsed values into :class:`InstallOptions`, mapping its errors to
+:class:`click.UsageError`. Unset flags keep the dataclass defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from clustermesh_cli.install import names
+from clustermesh_cli.install.options import (
+    MAX_CONNECTED_CLUSTERS,
+    ROUTING_MODES,
+    SERVICE_TYPES,
+    SOURCES,
+    InstallOptions,
+    InstallOptionsError,
+)
+
+__all__ = ["INSTALL_PARAMS", "install_options", "options_from_params"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_OPTIONS: tuple[Callable[[Any], Any], ...] = (
+    click.option("--namespace", default=None, help="Namespace of the install.  [default: kube-system]"),
+    click.option("--image", default=None, help="Image of every container (built from the Containerfile).  "
+                 "[default: ghcr.io/clustermesh-py/clustermesh:<version>]"),
+    click.option("--etcd-image", default=None, help="Image of the etcd container (any with etcd on its PATH, e.g. "
+                 "quay.io/coreos/etcd:v3.5.x).  [default: --image]"),
+    click.option("--service-type", type=click.Choice(SERVICE_TYPES), default=None,
+                 help="How peers reach the clustermesh-apiserver Service.  [default: NodePort]"),
+    click.option("--node-port", type=click.IntRange(1, 65535), default=None,
+                 help=f"nodePort with --service-type NodePort.  [default: {names.DEFAULT_NODE_PORT}]"),
+    click.option("--source", type=click.Choice(SOURCES), default=None,
+                 help="What the API server exports: Cilium's CRDs, or plain Nodes and Pods (clusters "
+                 "without Cilium, e.g. kind with kindnet).  [default: cilium]"),
+    click.option("--max-connected-clusters", type=click.Choice([str(v) for v in MAX_CONNECTED_CLUSTERS]),
+                 default=None, help="255 or 511, the same on every cluster of the mesh.  [default: 255]"),
+    click.option("--routing-mode", type=click.Choice(ROUTING_MODES), default=None,
+                 help="The agents' datapath mode, the same on every cluster.  [default: tunnel]"),
+    click.option("--clustermesh-enable-mcs-api", "enable_mcs_api", is_flag=True, default=None,
+                 help="Export ServiceExports (needs the multicluster.x-k8s.io CRDs)."),
+    click.option("--enable-cilium-endpoint-slice", is_flag=True, default=None,
+                 help="Read pod IPs from CiliumEndpointSlices (--source cilium)."),
+    click.option("--cgroup-root", default=None, help="The nodes' cgroup v2 hierarchy (/sys/fs/cgroup/unified on a "
+                 "hybrid mount).  [default: /sys/fs/cgroup]"),
+    click.option("--underlay-device", default=None, metavar="IFNAME",
+                 help="The nodes' device for node-to-node traffic.  [default: the agent's choice]"),
+)
+
+#: The parameter names ``@install_options`` adds (all fields of :class:`InstallOptions`).
+INSTALL_PARAMS = ("namespace", "image", "etcd_image", "service_type", "node_port", "source", "max_connected_clusters",
+                  "routing_mode", "enable_mcs_api", "enable_cilium_endpoint_slice", "cgroup_root", "underlay_device")
+
+
+def install_options(f: F) -> F:
+    """Add the install flags to a click command (its function receives them by name)."""
+    for option in reversed(_OPTIONS):
+        f = option(f)
+    return f
+
+
+def options_from_params(cluster_name: str, cluster_id: int, **params: Any) -> InstallOptions:
+    """:class:`InstallOptions` from the flags' values (None means unset); ``click.UsageError`` when
+    they are invalid. Keys other than :data:`INSTALL_PARAMS` are rejected (a caller's mistake)."""
+    unknown = set(params) - set(INSTALL_PARAMS)
+    if unknown:
+        raise TypeError(f"not install options: {', '.join(sorted(unknown))}")
+    values = {k: v for k, v in params.items() if v is not None}
+    if "max_connected_clusters" in values:
+        values["max_connected_clusters"] = int(values["max_connected_clusters"])
+    try:
+        return InstallOptions(cluster_name=cluster_name, cluster_id=cluster_id, **values)
+    except InstallOptionsError as err:
+        raise click.UsageError(str(err)) from None
