@@ -84,9 +84,10 @@ class Supervisor:
         for cluster in spec.clusters:
             self.progress.step(f"{cluster.name}: starting the scheduler and controllers")
             self._start(self._controllers(cluster))
-        self.progress.step(f"starting {n_nodes} node runtimes")
+        self.progress.step(f"starting {n_nodes} node runtimes and node proxies")
         for node in spec.nodes:
             self._start(self._node_runtime(node))
+            self._start(self._node_proxy(node))
         for cluster in spec.clusters:
             await self._wait_nodes_ready(cluster)
             self.progress.step(f"{cluster.name}: {len(cluster.nodes)} nodes Ready")
@@ -183,6 +184,13 @@ class Supervisor:
                 str(d / "node-config.json")]
         return ManagedProcess(f"runtime/{node.name}", "runtime", node.cluster, argv, d / "runtime.log",
                               node=node.name, env=self._env())
+
+    def _node_proxy(self, node: NodeSpec) -> ManagedProcess:
+        d = self.spec.node_dir(node.name)
+        argv = ["nsenter", f"--net=/run/netns/{node.netns}", "--", PYTHON, "-m", "lab.node.proxy", "--config",
+                str(d / "node-config.json")]
+        return ManagedProcess(f"proxy/{node.name}", "proxy", node.cluster, argv, d / "proxy.log", node=node.name,
+                              env=self._env())
 
     def _start(self, proc: ManagedProcess) -> ManagedProcess:
         self.procs[proc.name] = proc

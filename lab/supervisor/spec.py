@@ -146,7 +146,8 @@ class LabSpec:
         return self.state_dir / "nodes" / node
 
     def node_cgroup(self, node: NodeSpec) -> Path:
-        return self.cgroup_dir / f"{node.cluster}.{node.short}"
+        """The node's cgroup (its pods' cgroups are below it), named after the Node."""
+        return self.cgroup_dir / node.name
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
