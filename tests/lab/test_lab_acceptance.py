@@ -1,0 +1,194 @@
+"""Issue 8 acceptance: a lab driven only through `clustermesh lab` and `kubectl`, on the real parts
+(etcd, the API emulator on it, controllers, node runtimes, namespaces, processes)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab.driver import CLI, PROJECT, LabDriver, running_ready, wait_for
+from lab.net import nsutil
+from lab.supervisor import cleanup
+from lab.supervisor.spec import BPFFS, cgroup_unified_root, state_dir
+
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root"), pytest.mark.timeout(600)]
+EXAMPLES = PROJECT / "lab" / "examples"
+
+
+def _lab_name() -> str:
+    return "a" + secrets.token_hex(3)[:5]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDriver]:
+    driver = LabDriver(_lab_name(), tmp_path_factory.mktemp("lab") / "kubeconfig")
+    try:
+        out = driver.up(2, 2)
+        assert f"lab {driver.name!r} is up" in out.stdout, out.stdout
+        yield driver
+    finally:
+        driver.down()
+
+
+def _traces(name: str) -> dict[str, list[str]]:
+    """Everything of lab ``name`` that `lab down` must remove."""
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+              if f"clustermesh-lab/{name}" in line.split()[4] or f"clustermesh-lab-{name}" in line.split()[4]]
+    return {
+        "namespaces": nsutil.namespaces_with_prefix(name),
+        "processes": [str(p) for p in cleanup.lab_processes(name)],
+        "mounts": mounts,
+        "bpffs": [str(p) for p in BPFFS.glob(f"clustermesh-lab-{name}*")],
+        "cgroups": [str(p) for p in cgroup_unified_root().glob(f"clustermesh-lab-{name}*")],
+        "state": [str(state_dir(name))] if state_dir(name).exists() else [],
+    }
+
+
+def _in_node_cidr(lab: LabDriver, pod: dict) -> bool:  # type: ignore[type-arg]
+    node = lab.spec.node(pod["spec"]["nodeName"])
+    return ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(node.pod_cidr)
+
+
+def _ready_echo(lab: LabDriver, cluster: str, n: int = 2) -> list[dict]:  # type: ignore[type-arg]
+    def ready() -> list[dict] | None:  # type: ignore[type-arg]
+        pods = [p for p in lab.pods(cluster, "app=echo") if running_ready(p)]
+        return pods if len(pods) == n else None
+
+    return wait_for(ready, within=15, what=f"{n} echo pods Running and Ready in {cluster}")
+
+
+def _slice_ips(lab: LabDriver, cluster: str) -> set[str]:
+    items = lab.get(cluster, "endpointslices", "-l", "kubernetes.io/service-name=echo")["items"]
+    return {addr for s in items for ep in s.get("endpoints") or [] if (ep.get("conditions") or {}).get("ready")
+            for addr in ep["addresses"]}
+
+
+def test_examples_run_as_pods_with_endpoints_and_a_pod_network(lab: LabDriver) -> None:
+    for cluster in ("c1", "c2"):
+        lab.kubectl(cluster, "apply", "-f", str(EXAMPLES))
+    t0 = time.monotonic()
+    echo = _ready_echo(lab, "c1")
+    assert time.monotonic() - t0 < 15
+    assert all(_in_node_cidr(lab, p) for p in echo)
+    assert {p["spec"]["nodeName"] for p in echo} == {"c1-n0", "c1-n1"}  # spread over both nodes
+    ips = {p["status"]["podIP"] for p in echo}
+    wait_for(lambda: _slice_ips(lab, "c1") == ips, within=15, what="EndpointSlice lists both echo pods ready")
+    client = wait_for(lambda: next((p for p in lab.pods("c1") if p["metadata"]["name"] == "client"
+                                    and running_ready(p)), None), within=15, what="client Running")
+    other = next(p for p in echo if p["spec"]["nodeName"] != client["spec"]["nodeName"])
+    answer = json.loads(lab.exec("c1", "client", "curl", "-s", "-m", "5",
+                                 f"http://{other['status']['podIP']}:8080/").stdout)
+    assert (answer["cluster"], answer["node"], answer["pod"]) == (
+        "c1", other["spec"]["nodeName"], other["metadata"]["name"])
+    c2_echo = _ready_echo(lab, "c2")
+    blocked = lab.exec("c1", "client", "curl", "-s", "-m", "2", f"http://{c2_echo[0]['status']['podIP']}:8080/",
+                       check=False)
+    assert blocked.returncode != 0, "a pod of c1 reached a pod of c2 without the mesh"
+
+
+def test_deleted_pod_is_replaced_with_a_new_ip_and_the_slice_follows(lab: LabDriver) -> None:
+    lab.kubectl("c1", "apply", "-f", str(EXAMPLES / "echo.yaml"))
+    before = _ready_echo(lab, "c1")
+    victim = before[0]
+    lab.kubectl("c1", "delete", "pod", victim["metadata"]["name"], "--wait=true", timeout=60)
+    after = wait_for(lambda: (lambda ps: ps if len(ps) == 2 and victim["metadata"]["name"] not in
+                              {p["metadata"]["name"] for p in ps} else None)(
+        [p for p in lab.pods("c1", "app=echo") if running_ready(p)]), within=20, what="replacement Ready")
+    new = next(p for p in after if p["metadata"]["name"] not in {b["metadata"]["name"] for b in before})
+    assert new["status"]["podIP"] != victim["status"]["podIP"]
+    assert _in_node_cidr(lab, new)
+    want = {p["status"]["podIP"] for p in after}
+    wait_for(lambda: _slice_ips(lab, "c1") == want, within=15, what="EndpointSlice follows the replacement")
+
+
+def _versions(lab: LabDriver) -> dict[tuple[str, str | None, str], str]:
+    return {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o["metadata"]["resourceVersion"]
+            for kind in ("pods", "services", "deployments", "replicasets", "endpointslices", "nodes")
+            for o in lab.get("c1", kind, "-A")["items"]}
+
+
+def _restart_api(lab: LabDriver) -> None:
+    lab.fault("kill", "api/c1")
+    lab.fault("start", "api/c1")
+    wait_for(lambda: lab.kubectl("c1", "get", "--raw", "/readyz", check=False).returncode == 0, within=30,
+             what="the API is back")
+
+
+def test_api_killed_and_restarted_keeps_objects_and_resource_versions(lab: LabDriver) -> None:
+    lab.kubectl("c1", "apply", "-f", str(EXAMPLES / "echo.yaml"))
+    _ready_echo(lab, "c1")
+    before = _versions(lab)
+    pods_rv = lab.get("c1", "pods")["metadata"]["resourceVersion"]
+    _restart_api(lab)
+    after = _versions(lab)
+    assert set(before) <= set(after)
+    assert {k: after[k] for k in before} == before
+    # a client watching from the resourceVersion it had before the kill resumes: no 410, no relist
+    lab.kubectl("c1", "run", "watched", "--image=lab", "--restart=Never", "--command", "--", "sleep", "60")
+    try:
+        raw = lab.kubectl("c1", "get", "--raw",
+                          f"/api/v1/namespaces/default/pods?watch=1&resourceVersion={pods_rv}&timeoutSeconds=2")
+        events = [json.loads(line) for line in raw.stdout.splitlines() if line.strip()]
+        assert all(e["type"] != "ERROR" for e in events), events
+        assert ("ADDED", "watched") in {(e["type"], e["object"]["metadata"]["name"]) for e in events}
+        _ready_echo(lab, "c1")  # controllers and node runtimes carried on
+    finally:
+        lab.kubectl("c1", "delete", "pod", "watched", "--wait=false", check=False)
+
+
+@pytest.mark.xfail(strict=True, reason="kubectl 1.32 `get -w` exits (status 0) when its watch connection drops; "
+                   "resuming it needs a watch-resuming front for the lab's API, not built yet")
+def test_kubectl_watch_started_before_an_api_restart_resumes(lab: LabDriver) -> None:
+    watch = subprocess.Popen(["kubectl", "--kubeconfig", str(lab.kubeconfig), "--context", lab.context("c1"),
+                              "get", "pods", "-w", "-o", "name"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)  # the watch is established
+        _restart_api(lab)
+        lab.kubectl("c1", "run", "watched2", "--image=lab", "--restart=Never", "--command", "--", "sleep", "60")
+        deadline = time.monotonic() + 20
+        seen = ""
+        assert watch.stdout is not None
+        os.set_blocking(watch.stdout.fileno(), False)
+        while time.monotonic() < deadline and "pod/watched2" not in seen:
+            seen += watch.stdout.read() or ""
+            time.sleep(0.2)
+        assert "pod/watched2" in seen, f"kubectl get -w did not resume (exit {watch.poll()}): {seen!r}"
+    finally:
+        watch.kill()
+        watch.communicate(timeout=10)
+        lab.kubectl("c1", "delete", "pod", "watched2", "--wait=false", check=False)
+
+
+def test_lab_down_leaves_nothing_and_cleans_a_killed_lab_up(tmp_path: Path) -> None:
+    driver = LabDriver(_lab_name(), tmp_path / "kubeconfig")
+    up = subprocess.Popen([*CLI, "lab", "up", "--name", driver.name, "--clusters", "1", "--nodes", "2",
+                           "--kubeconfig", str(driver.kubeconfig)],
+                          cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = state_dir(driver.name) / "progress.log"
+    try:
+        # SIGKILL `lab up` and every lab process once the node runtimes are starting: half way
+        wait_for(lambda: progress.exists() and "node runtimes" in progress.read_text(), within=120,
+                 what="bring-up half way")
+        up.kill()
+        for pid in cleanup.lab_processes(driver.name):
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        up.wait(10)
+    assert any(_traces(driver.name).values())
+    driver.down()
+    assert not any(_traces(driver.name).values()), _traces(driver.name)
+    out = driver.up(1, 1)
+    assert "is up" in out.stdout
+    assert any(_traces(driver.name).values())
+    driver.down()
+    assert not any(_traces(driver.name).values()), _traces(driver.name)
