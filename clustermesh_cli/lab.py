@@ -7,9 +7,11 @@ commands read the lab's spec and state files, so they work whatever shell starte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -21,7 +23,7 @@ from rich.table import Table
 
 from clustermesh_cli.lab_fault import fault
 from lab import echo as echo_server
-from lab.etcd import free_port
+from lab.etcd import LOOPBACK
 from lab.supervisor import apiclient, cleanup, control, kubeconfig, podref, progress
 from lab.supervisor.spec import DEFAULT_NAME, LabSpec, LabSpecError, labs_present, load, plan, validate_lab_name
 from meshcore.cliopts import CONTEXT_SETTINGS
@@ -33,6 +35,15 @@ _UP_PER_NODE_TIMEOUT = 10.0
 def _name_option(f: Any) -> Any:
     return click.option("--name", "name", default=DEFAULT_NAME, show_default=True, metavar="LAB",
                         help="Which lab (2-7 characters of [a-z0-9]).")(f)
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports on 127.0.0.1 that were free a moment ago (bound together, so no repeats)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(n)]
+        for s in socks:
+            s.bind((LOOPBACK, 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 def _fail(msg: str) -> None:
@@ -100,8 +111,9 @@ def up(clusters: int, nodes: int, name: str, routing_mode: str, kubeconfig_path:
     if not leftovers.empty:
         click.echo(f"removed leftovers of an earlier lab {name!r}")
     merged = None if no_kubeconfig else str(kubeconfig_path or kubeconfig.default_user_kubeconfig())
+    ports = _free_ports(2 * clusters)
     spec = plan(name, clusters, nodes, routing_mode=routing_mode,  # type: ignore[arg-type]
-                api_ports=[free_port() for _ in range(clusters)], kubeconfig_merged=merged)
+                api_ports=ports[:clusters], api_internal_ports=ports[clusters:], kubeconfig_merged=merged)
     spec.save()
     t0 = time.monotonic()
     proc = control.spawn_supervisor(spec)

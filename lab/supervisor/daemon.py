@@ -2,7 +2,8 @@
 
 One detached process per lab (``python -m lab.supervisor --name L``, started by ``lab up``). It
 builds, in order and with a progress line per step: the underlay and node namespaces, one etcd
-(mTLS) per cluster, the Kubernetes API emulator on it, the API forwarders into the nodes, the
+(mTLS) per cluster, the Kubernetes API emulator on it (on an internal port, behind a watch-resuming
+front on the cluster's API port: :mod:`lab.kube.front`), the API forwarders into the nodes, the
 controllers, and one node runtime per node; then waits until every Node is Ready. Afterwards it
 serves ``GET /status`` and ``POST /components/<name>/<kill|start|pause|resume>`` on
 ``<state dir>/supervisor.sock``, until SIGTERM, when it stops what it started (``lab down`` then
@@ -23,7 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
-from lab.etcd import EtcdProcess
+from lab.etcd import EtcdProcess, free_port
+from lab.kube.api.server import ensure_tls_files
+from lab.kube.front import ApiFront
 from lab.net import Topology, nsutil
 from lab.net.forward import Forwarder
 from lab.supervisor import apiclient, kubeconfig
@@ -58,6 +61,7 @@ class Supervisor:
         self.topology: Topology | None = None
         self.etcds: dict[str, EtcdProcess] = {}
         self.procs: dict[str, ManagedProcess] = {}
+        self.fronts: dict[str, ApiFront] = {}
         self.forwarder = Forwarder()
         self.ready = False
         self.started_at = time.time()
@@ -123,17 +127,27 @@ class Supervisor:
         return self.spec.cluster_dir(cluster.name) / "kubeconfig"
 
     async def _start_api(self, cluster: ClusterSpec) -> None:
+        """The API process on the internal port and, on the cluster's API port, the front that keeps
+        clients' watches going across restarts of that process (both serve the same certificate)."""
         d = self.spec.cluster_dir(cluster.name) / "api"
         sans = [cluster.api_service_ip, "kubernetes", "kubernetes.default", "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local", "localhost"]
+        internal_port = cluster.api_internal_port or free_port()  # 0: a spec from before the front
+        await asyncio.to_thread(ensure_tls_files, d / "tls", sans)  # made here so the front can serve them too
         argv = [
-            PYTHON, "-m", "lab.kube.api", "--port", str(cluster.api_port), "--etcd-config",
+            PYTHON, "-m", "lab.kube.api", "--port", str(internal_port), "--etcd-config",
             str(self._etcd_config(cluster)), "--tls-dir", str(d / "tls"), "--service-cidr", cluster.service_cidr,
             "--pod-log-root", str(self.root / "nodes"),
             *[arg for san in sans for arg in ("--tls-san", san)],
         ]  # fmt: skip
         proc = self._start(ManagedProcess(f"api/{cluster.name}", "api", cluster.name, argv, d / "api.log",
                                           env=self._env()))
+        front = self.fronts[cluster.name] = ApiFront(cluster.api_port, internal_port, d / "tls")
+        try:
+            await front.start()
+        except OSError as err:
+            raise SupervisorError(f"{cluster.name}: cannot serve the Kubernetes API on 127.0.0.1:"
+                                  f"{cluster.api_port}: {err}") from err
         deadline = time.monotonic() + API_READY_WITHIN
         while time.monotonic() < deadline:
             if not proc.running:
@@ -293,6 +307,8 @@ class Supervisor:
         others = [p for p in self.procs.values() if p.role != "runtime"]
         for group in (runtimes, others):
             await asyncio.gather(*(asyncio.to_thread(p.stop) for p in group))
+        for front in self.fronts.values():
+            await front.stop()
         for etcd in self.etcds.values():
             await asyncio.to_thread(etcd.stop)
         await self.forwarder.close()

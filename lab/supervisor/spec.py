@@ -77,7 +77,10 @@ class NodeSpec:
 
 @dataclass(frozen=True)
 class ClusterSpec:
-    """One cluster: its ID, context, address ranges and API port."""
+    """One cluster: its ID, context, address ranges and API ports.
+
+    Clients use ``api_port`` (the supervisor's watch-resuming front, :mod:`lab.kube.front`); the API
+    process listens on ``api_internal_port`` behind it (0 in specs written before the front existed)."""
 
     name: str
     cluster_id: int
@@ -87,6 +90,7 @@ class ClusterSpec:
     api_service_ip: str
     api_port: int
     nodes: tuple[NodeSpec, ...]
+    api_internal_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -163,11 +167,12 @@ class LabSpec:
 
 
 def plan(name: str, clusters: int, nodes: int, *, routing_mode: RoutingMode = "tunnel",
-         api_ports: list[int] | None = None, kubeconfig_merged: str | None = None) -> LabSpec:
+         api_ports: list[int] | None = None, api_internal_ports: list[int] | None = None,
+         kubeconfig_merged: str | None = None) -> LabSpec:
     """The lab ``name`` with ``clusters`` clusters of ``nodes`` nodes each.
 
-    ``api_ports`` gives each cluster's API port on 127.0.0.1 (chosen by the caller, who can probe
-    for free ones)."""
+    ``api_ports`` gives each cluster's API port on 127.0.0.1 and ``api_internal_ports`` the port of
+    the API process behind it (chosen by the caller, who can probe for free ones)."""
     validate_lab_name(name)
     if not 1 <= clusters <= MAX_CLUSTERS:
         raise LabSpecError(f"--clusters must be between 1 and {MAX_CLUSTERS}, not {clusters}")
@@ -176,8 +181,9 @@ def plan(name: str, clusters: int, nodes: int, *, routing_mode: RoutingMode = "t
     if routing_mode not in ("tunnel", "native"):
         raise LabSpecError(f"--routing-mode must be tunnel or native, not {routing_mode!r}")
     ports = api_ports or [0] * clusters
-    if len(ports) != clusters:
-        raise LabSpecError("one API port per cluster is needed")
+    internal_ports = api_internal_ports or [0] * clusters
+    if len(ports) != clusters or len(internal_ports) != clusters:
+        raise LabSpecError("one API port and one internal API port per cluster are needed")
     out = []
     for i in range(clusters):
         cid = i + 1
@@ -196,7 +202,7 @@ def plan(name: str, clusters: int, nodes: int, *, routing_mode: RoutingMode = "t
         out.append(ClusterSpec(
             name=cname, cluster_id=cid, context=f"{name}-{cname}", pod_cidr=str(pod_cidr),
             service_cidr=str(svc), api_service_ip=str(svc.network_address + 1), api_port=ports[i],
-            nodes=node_specs,
+            nodes=node_specs, api_internal_port=internal_ports[i],
         ))  # fmt: skip
     return LabSpec(name=name, routing_mode=routing_mode, clusters=tuple(out), kubeconfig_merged=kubeconfig_merged)
 

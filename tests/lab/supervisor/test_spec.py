@@ -59,3 +59,16 @@ def test_unknown_cluster_or_node_names_the_known_ones() -> None:
 def test_broken_spec_document_is_reported() -> None:
     with pytest.raises(LabSpecError, match="broken lab spec"):
         from_dict({"name": "lab"})
+
+
+def test_internal_api_ports_and_specs_written_before_them() -> None:
+    import json
+
+    spec = plan("lab", 2, 1, api_ports=[6001, 6002], api_internal_ports=[7001, 7002])
+    assert [(c.api_port, c.api_internal_port) for c in spec.clusters] == [(6001, 7001), (6002, 7002)]
+    old = json.loads(spec.to_json())
+    for c in old["clusters"]:
+        del c["api_internal_port"]
+    assert [c.api_internal_port for c in from_dict(old).clusters] == [0, 0]
+    with pytest.raises(LabSpecError, match="internal API port"):
+        plan("lab", 2, 1, api_ports=[6001, 6002], api_internal_ports=[7001])
