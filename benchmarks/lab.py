@@ -41,7 +41,7 @@ def _time_up(clusters: int, nodes: int, tmp: Path) -> float:
     driver = LabDriver("b" + secrets.token_hex(3)[:5], tmp / f"kc-{clusters}x{nodes}")
     t0 = time.monotonic()
     try:
-        driver.up(clusters, nodes, "--timeout", "300", timeout=360)
+        driver.up(clusters, nodes, "--no-mesh", "--timeout", "300", timeout=360)
         return time.monotonic() - t0
     finally:
         driver.down()
@@ -97,7 +97,7 @@ def main(pods: int = 30, runs: int = 3) -> None:
             print(f"  lab up {clusters} x {nodes}                       {med:6.2f} s ({spread})"
                   f"  = {med / statistics.median(floor):.1f}x the etcd-start baseline")
         driver = LabDriver("b" + secrets.token_hex(3)[:5], tmp / "kc-pods")
-        driver.up(1, 2, timeout=240)
+        driver.up(1, 2, "--no-mesh", timeout=240)
         try:
             p50b, p99b, p50r, p99r = [], [], [], []
             for _ in range(runs):

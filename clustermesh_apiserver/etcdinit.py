@@ -38,13 +38,13 @@ def auth_plan(cluster: str, peers: Iterable[str] = ()) -> AuthPlan:
     users.update({f"remote-{peer}": "remote" for peer in peers})
     roles = {
         "local": (
-            Grant(wk.HEARTBEAT, False),
+            Grant(wk.HEARTBEAT, True),  # agents list-watch it as a prefix (a range read)
             Grant(wk.CACHE + "/", True),
             Grant(wk.CLUSTER_CONFIG + "/", True),
             Grant(wk.SYNCED + "/", True),
         ),
         "remote": (
-            Grant(wk.HEARTBEAT, False),
+            Grant(wk.HEARTBEAT, True),  # agents list-watch it as a prefix (a range read)
             Grant(wk.STATE + "/", True),
             Grant(wk.cluster_config_key(cluster), False),
             Grant(wk.synced_key(cluster, "") + "/", True),

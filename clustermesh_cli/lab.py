@@ -24,12 +24,16 @@ from rich.table import Table
 from clustermesh_cli.lab_fault import fault
 from lab import echo as echo_server
 from lab.etcd import LOOPBACK
+from lab.mesh import install_mesh
 from lab.supervisor import apiclient, cleanup, control, kubeconfig, podref, progress
 from lab.supervisor.spec import DEFAULT_NAME, LabSpec, LabSpecError, labs_present, load, plan, validate_lab_name
 from meshcore.cliopts import CONTEXT_SETTINGS
+from meshcore.errors import MeshError
 
 _UP_BASE_TIMEOUT = 90.0
 _UP_PER_NODE_TIMEOUT = 10.0
+_MESH_BASE_TIMEOUT = 120.0
+_MESH_PER_NODE_TIMEOUT = 15.0
 
 
 def _name_option(f: Any) -> Any:
@@ -91,12 +95,26 @@ def lab() -> None:
               help="Kubeconfig to add the lab's contexts to [default: $KUBECONFIG or ~/.kube/config].")
 @click.option("--no-kubeconfig", is_flag=True, help="Do not touch any kubeconfig but the lab's own.")
 @click.option("--timeout", type=float, default=None, help="Seconds to wait for the lab to be ready.")
+@click.option("--no-mesh", is_flag=True, help="Bare clusters: do not enable clustermesh nor connect them.")
+@click.option("--source", type=click.Choice(["cilium", "kubernetes"]), default="kubernetes", show_default=True,
+              help="What the clustermesh API servers export (the lab's pods have no Cilium CRDs unless you add them).")
+@click.option("--mesh-timeout", type=float, default=None,
+              help="Seconds to wait for the mesh (API servers, agents, every peer ready).  "
+              "[default: 120 + 15 per node]")
 def up(clusters: int, nodes: int, name: str, routing_mode: str, kubeconfig_path: Path | None, no_kubeconfig: bool,
-       timeout: float | None) -> None:
-    """Build a lab: CLUSTERS clusters of NODES nodes, each with its own Kubernetes API.
+       timeout: float | None, no_mesh: bool, source: str, mesh_timeout: float | None) -> None:
+    """Build a lab: CLUSTERS clusters of NODES nodes, each with its own Kubernetes API, and mesh them.
 
     Leftovers of a lab of the same name that is not running (e.g. a `lab up` killed half way)
-    are removed first. Contexts are named <lab>-c1, <lab>-c2, ...
+    are removed first. Contexts are named <lab>-c1, <lab>-c2, ... Unless --no-mesh, it then runs
+    what a user would: `clustermesh enable` on each cluster (name cN, ID N) and `clustermesh
+    connect` on every pair, and waits until every agent has every peer ready.
+
+    \b
+      clustermesh lab up --clusters 2 --nodes 2                # meshed
+      clustermesh lab up --no-mesh                             # bare; then, by hand:
+      clustermesh enable --context lab-c1 && clustermesh enable --context lab-c2
+      clustermesh connect --context lab-c1 --destination-context lab-c2
     """
     _need_root()
     try:
@@ -134,6 +152,21 @@ def up(clusters: int, nodes: int, name: str, routing_mode: str, kubeconfig_path:
         click.echo(f"  kubectl --context {c.context} get nodes    # cluster {c.name}, id {c.cluster_id}")
     where = merged or str(spec.kubeconfig)
     click.echo(f"contexts are in {where}" + ("" if merged else f" (export KUBECONFIG={spec.kubeconfig})"))
+    if not no_mesh:
+        _mesh(spec, source, mesh_timeout or _MESH_BASE_TIMEOUT + _MESH_PER_NODE_TIMEOUT * clusters * nodes)
+
+
+def _mesh(spec: LabSpec, source: str, timeout: float) -> None:
+    t0 = time.monotonic()
+    click.echo(f"meshing lab {spec.name!r}: enable on {len(spec.clusters)} cluster(s), connect every pair")
+    try:
+        install_mesh(spec, source=source, timeout=timeout, echo=lambda line: click.echo(f"  {line}"))
+    except MeshError as err:
+        click.echo(f"the mesh of lab {spec.name!r} failed: {err}", err=True)
+        click.echo(f"the lab stays up for a look (clustermesh lab status --name {spec.name}); "
+                   f"`clustermesh lab down --name {spec.name}` removes it all", err=True)
+        sys.exit(1)
+    click.echo(f"mesh of lab {spec.name!r} is ready in {time.monotonic() - t0:.1f} s")
 
 
 @lab.command()

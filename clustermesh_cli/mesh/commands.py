@@ -107,6 +107,15 @@ def connect(context: str | None, destination: str, kubeconfig: Path | None, name
     max-connected-clusters, or a mesh larger than max-connected-clusters. Running it again
     changes nothing; connecting every pair of N clusters builds a full mesh.
 
+    \b
+    Examples:
+      clustermesh enable --context kind-c1 --cluster-name c1 --cluster-id 1    # first, on each side
+      clustermesh enable --context kind-c2 --cluster-name c2 --cluster-id 2
+      clustermesh connect --context kind-c1 --destination-context kind-c2
+      clustermesh connect --context kind-c1 --destination-context kind-c3   # and every other pair:
+      clustermesh connect --context kind-c2 --destination-context kind-c3   # a full mesh of three
+      clustermesh connect --context kind-c1 --destination-context kind-c2 --dry-run
+
     Exit status: 0 on success, 1 when refused or a cluster cannot be read or written.
     """
     try:
@@ -123,6 +132,11 @@ def disconnect(context: str | None, destination: str, kubeconfig: Path | None, n
 
     The agents drain the peer (its nodes, endpoints, identities and services) once its config
     file disappears from their mounted Secret. Running it again changes nothing.
+
+    \b
+    Examples:
+      clustermesh disconnect --context kind-c1 --destination-context kind-c2
+      clustermesh disconnect --context kind-c1 --destination-context kind-c2 --dry-run
 
     Exit status: 0 on success, 1 when a cluster cannot be read or written.
     """

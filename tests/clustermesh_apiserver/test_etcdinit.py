@@ -21,7 +21,7 @@ def test_plan_matches_cilium_roles() -> None:
     }
     remote = {(g.key, g.prefix) for g in plan.roles["remote"]}
     assert remote == {
-        ("cilium/.heartbeat", False),
+        ("cilium/.heartbeat", True),
         ("cilium/state/", True),
         ("cilium/cluster-config/cluster1", False),
         ("cilium/synced/cluster1/", True),
@@ -44,6 +44,8 @@ async def test_remote_peer_reads_and_cannot_write(etcd_tls: EtcdProcess) -> None
         ]
         assert await remote.get("cilium/cluster-config/cluster1") is not None
         assert await remote.get("cilium/.heartbeat") is not None
+        # agents list-watch the heartbeat as a prefix (Cilium's ListAndWatch): a range read
+        assert [kv.key for kv in (await remote.list_prefix("cilium/.heartbeat")).items] == ["cilium/.heartbeat"]
         with pytest.raises(KVStoreAuthError):
             await remote.get("cilium/cluster-config/cluster9")
         for key in ("cilium/state/nodes/v1/cluster1/n2", "cilium/.heartbeat", "cilium/cluster-config/cluster1"):

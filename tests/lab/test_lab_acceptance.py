@@ -32,7 +32,7 @@ def _lab_name() -> str:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDriver]:
     driver = LabDriver(_lab_name(), tmp_path_factory.mktemp("lab") / "kubeconfig")
     try:
-        out = driver.up(2, 2)
+        out = driver.up(2, 2, "--no-mesh")  # the bare lab (tests/lab/test_lab_mesh.py: with the mesh)
         assert f"lab {driver.name!r} is up" in out.stdout, out.stdout
         yield driver
     finally:
@@ -174,7 +174,7 @@ def test_kubectl_watch_started_before_an_api_restart_resumes(lab: LabDriver) -> 
 
 def test_lab_down_leaves_nothing_and_cleans_a_killed_lab_up(tmp_path: Path) -> None:
     driver = LabDriver(_lab_name(), tmp_path / "kubeconfig")
-    up = subprocess.Popen([*CLI, "lab", "up", "--name", driver.name, "--clusters", "1", "--nodes", "2",
+    up = subprocess.Popen([*CLI, "lab", "up", "--name", driver.name, "--clusters", "1", "--nodes", "2", "--no-mesh",
                            "--kubeconfig", str(driver.kubeconfig)],
                           cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = state_dir(driver.name) / "progress.log"
@@ -190,7 +190,7 @@ def test_lab_down_leaves_nothing_and_cleans_a_killed_lab_up(tmp_path: Path) -> N
     assert any(_traces(driver.name).values())
     driver.down()
     assert not any(_traces(driver.name).values()), _traces(driver.name)
-    out = driver.up(1, 1)
+    out = driver.up(1, 1, "--no-mesh")
     assert "is up" in out.stdout
     assert any(_traces(driver.name).values())
     driver.down()
