@@ -25,6 +25,7 @@ from lab.supervisor.spec import (
     ENV_MARKER,
     LabSpecError,
     cgroup_unified_root,
+    labs_present,
     load,
     state_dir,
     validate_lab_name,
@@ -188,8 +189,13 @@ def created_paths(root: Path) -> list[Path]:
     return sorted(set(out), key=lambda p: len(p.parts), reverse=True)
 
 
-def _remove_created_paths(paths: list[Path], report: CleanupReport) -> None:
+def _remove_created_paths(name: str, paths: list[Path], report: CleanupReport) -> None:
+    """Remove the (empty) mount points lab ``name`` created, except those another lab on this
+    machine also records: its pods may still have something mounted there."""
+    in_use = {p for other in labs_present() if other != name for p in created_paths(state_dir(other))}
     for p in paths:
+        if p in in_use:
+            continue
         with contextlib.suppress(OSError):
             p.rmdir()  # only if empty: never remove a user's files
             report.paths.append(str(p))
@@ -226,7 +232,7 @@ def sweep(name: str) -> CleanupReport:
     nsutil.cleanup_stale(name)
     _remove_cgroups(cgroup_root, report)
     _rm_pins(bpf_dir, report)
-    _remove_created_paths(made, report)
+    _remove_created_paths(name, made, report)
     if spec is not None and spec.kubeconfig_merged:
         contexts = [c.context for c in spec.clusters]
         with contextlib.suppress(OSError, ValueError):

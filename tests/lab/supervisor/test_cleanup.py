@@ -96,3 +96,22 @@ def test_sweep_removes_processes_namespaces_cgroups_mounts_pins_paths_and_contex
 
 def test_sweep_of_an_unknown_lab_is_a_no_op(name: str) -> None:
     assert cleanup.sweep(name).empty
+
+
+def test_sweep_keeps_mount_points_another_lab_still_records(name: str, tmp_path: Path) -> None:
+    other = "u" + secrets.token_hex(3)[:5]
+    shared = tmp_path / "var" / "lib" / "cilium"
+    shared.mkdir(parents=True)
+    try:
+        for lab in (name, other):
+            spec = plan(lab, 1, 1, api_ports=[1])
+            spec.save()
+            record = spec.node_dir(spec.nodes[0].name) / "pods" / "p" / "created-paths.json"
+            record.parent.mkdir(parents=True)
+            record.write_text(json.dumps([str(shared)]))
+        cleanup.sweep(name)
+        assert shared.exists(), "a mount point another lab's pods use was removed"
+        cleanup.sweep(other)
+        assert not shared.exists()
+    finally:
+        cleanup.sweep(other)
