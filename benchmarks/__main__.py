@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from benchmarks import agent_scale, apiserver, datapath, kvstore
+from benchmarks import lab as lab_bench
 
 
 def main() -> None:
@@ -17,6 +18,7 @@ def main() -> None:
     apiserver.main(10000)
     agent_scale.main()
     datapath.main()
+    lab_bench.main()
 
 
 if __name__ == "__main__":

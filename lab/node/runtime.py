@@ -1,6 +1,7 @@
-"""The node runtime: registers the Node, watches the pods bound to it and runs one
-:class:`~lab.node.worker.PodWorker` per pod, feeds the cluster's Nodes to the routes, and publishes
-its state in ``<state_dir>/node.json``.
+"""The node runtime: registers the Node, watches the pods bound to it (``fieldSelector
+spec.nodeName=<node>``) and runs one :class:`~lab.node.worker.PodWorker` per pod, watches the
+Secrets and ConfigMaps those pods read (:class:`~lab.node.objectwatch.ObjectWatches`), feeds the
+cluster's Nodes to the routes, and publishes its state in ``<state_dir>/node.json``.
 
 ``node.json`` (rewritten atomically when something changed; read by the lab's ``status``, ``exec``
 and ``logs``)::
@@ -39,6 +40,7 @@ from lab.node import layout
 from lab.node.cgroups import PodCgroup, pod_cgroup_uids
 from lab.node.config import NodeConfig
 from lab.node.nodeobject import NodeRegistration, host_memory_bytes
+from lab.node.objectwatch import ObjectWatches
 from lab.node.worker import NetnsClaims, NetnsNamer, Network, NodeContext, PodWorker
 from meshcore.backoff import Backoff
 from meshcore.errors import ConfigError, MeshError
@@ -65,22 +67,6 @@ class Routes(Protocol):
 
 class NodeRuntimeError(MeshError):
     """The node runtime cannot start (its network helpers or the API client cannot be set up)."""
-
-
-class FieldSelectedApi(K8sApi):
-    """:class:`K8sApi` whose GETs of one collection carry a ``fieldSelector`` (list and watch alike),
-    so a :class:`ResourceWatch` sees only this node's pods."""
-
-    def __init__(self, api_client: kclient.ApiClient, path: str, field_selector: str) -> None:
-        super().__init__(api_client)
-        self._path = path
-        self._selector = field_selector
-
-    async def _request(self, method: str, path: str, query: list[tuple[str, Any]], *,
-                       request_timeout: float | None) -> Any:
-        if method == "GET" and path == self._path:
-            query = [*query, ("fieldSelector", self._selector)]
-        return await super()._request(method, path, query, request_timeout=request_timeout)
 
 
 def now_rfc3339() -> str:
@@ -158,18 +144,20 @@ class NodeRuntime:
             assert self._netns_name is not None
             api_client = await api_client_from_kubeconfig(cfg.kubeconfig)
             client = KubeClient(api_client)
+            objects = ObjectWatches(K8sApi(api_client))
             try:
                 async with aiohttp.ClientSession() as http:
                     self._ctx = NodeContext(
                         cfg=cfg, client=client, network=self._network, netns_name=self._netns_name, run_net=run_net,
                         claims=NetnsClaims(), http=http, env_marker={ENV_MARKER: cfg.lab},
-                        node_memory=host_memory_bytes(), changed=self._status_dirty.set,
+                        node_memory=host_memory_bytes(), objects=objects, changed=self._status_dirty.set,
                         ca=await asyncio.to_thread(_read_bytes, cfg.api_ca_file),
                     )  # fmt: skip
                     self._registration = NodeRegistration(cfg, client)
                     _log.info("node runtime starting", node=cfg.node_name, pod_cidr=cfg.pod_cidr)
                     async with asyncio.TaskGroup() as tg:
                         self._tg = tg
+                        tg.create_task(objects.run(), name="object-watches")
                         self._adopt_pod_dirs()
                         tg.create_task(self._registration.run(), name="node-registration")
                         tg.create_task(self._watch_pods(api_client), name="pod-watch")
@@ -267,8 +255,8 @@ class NodeRuntime:
                 await asyncio.to_thread(PodCgroup(self.cfg.cgroup_path, uid).remove)
 
     async def _watch_pods(self, api_client: kclient.ApiClient) -> None:
-        api = FieldSelectedApi(api_client, PODS.path(), f"spec.nodeName={self.cfg.node_name}")
-        watch = ResourceWatch(api, PODS, backoff=Backoff(initial=0.2, maximum=5.0))
+        watch = ResourceWatch(K8sApi(api_client), PODS, field_selector=f"spec.nodeName={self.cfg.node_name}",
+                              backoff=Backoff(initial=0.2, maximum=5.0))
         async with aclosing(watch.events()) as events:
             async for event in events:
                 if isinstance(event, Synced):

@@ -5,8 +5,10 @@ Supported: ``secret`` and ``configMap`` (all keys or ``items``, ``defaultMode``/
 ``downwardAPI``, ``emptyDir`` (a directory; ``medium: Memory`` is the same, the state directory is on
 tmpfs) and ``hostPath`` (the host path itself, checked or created per ``type``). The service-account
 volume the API server's admission would add is made here (:func:`service_account_files`): ``token``,
-``ca.crt`` and ``namespace``. Secret files default to mode 0600, everything else to 0644. Contents
-are written once, when the pod starts; later changes to the Secret or ConfigMap are not followed.
+``ca.crt`` and ``namespace``. Secret files default to mode 0600, everything else to 0644. The files
+of a volume are written with :func:`lab.node.atomicwriter.write_volume` (the kubelet's layout), and
+the pod worker writes them again whenever what they should hold changes (a Secret or ConfigMap
+updated, created or deleted, a label changed for the Downward API).
 """
 
 from __future__ import annotations
@@ -87,8 +89,9 @@ def _keyed(data: Mapping[str, bytes] | None, src: Obj, *, what: str, name: str, 
 
 def service_account_token(pod: Obj, *, audience: str = "https://kubernetes.default.svc.cluster.local",
                           now: float | None = None) -> bytes:
-    """A JWT-shaped token naming the pod's service account. The API emulator does not check
-    tokens, so it is unsigned (``alg: none``); it only has to look like one to clients."""
+    """A JWT-shaped token naming the pod's service account, issued at ``now`` (default: the current
+    time). The API emulator does not check tokens, so it is unsigned (``alg: none``); it only has to
+    look like one to clients."""
     issued = int(now if now is not None else time.time())
     md = meta(pod)
     ns = str(md.get("namespace") or "default")
@@ -106,10 +109,11 @@ def service_account_token(pod: Obj, *, audience: str = "https://kubernetes.defau
     return f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}.".encode()
 
 
-def service_account_files(pod: Obj, ca: bytes) -> Files:
-    """The files of the service-account volume at /var/run/secrets/kubernetes.io/serviceaccount."""
+def service_account_files(pod: Obj, ca: bytes, *, issued: float | None = None) -> Files:
+    """The files of the service-account volume at /var/run/secrets/kubernetes.io/serviceaccount
+    (the token issued at ``issued``, default now)."""
     ns = str(meta(pod).get("namespace") or "default")
-    return Files({"token": (service_account_token(pod), FILE_MODE), "ca.crt": (ca, FILE_MODE),
+    return Files({"token": (service_account_token(pod, now=issued), FILE_MODE), "ca.crt": (ca, FILE_MODE),
                   "namespace": (ns.encode(), FILE_MODE)})
 
 
@@ -125,8 +129,11 @@ def _downward(items: list[Obj], pod: Obj, *, pod_ip: str, host_ip: str, default_
     return out
 
 
-def volume_content(volume: Obj, pod: Obj, refs: Refs, *, pod_ip: str, host_ip: str) -> Content:
-    """What the pod volume ``volume`` holds; :class:`VolumeError` if it cannot be provided."""
+def volume_content(volume: Obj, pod: Obj, refs: Refs, *, pod_ip: str, host_ip: str,
+                   token_issued: float | None = None) -> Content:
+    """What the pod volume ``volume`` holds; :class:`VolumeError` if it cannot be provided.
+    ``token_issued`` is when projected service-account tokens are issued (default now): a fixed
+    time keeps them, and so the volume, the same from one call to the next."""
     name = str(volume.get("name", ""))
     if isinstance(volume.get("secret"), dict):
         src = volume["secret"]
@@ -165,7 +172,7 @@ def volume_content(volume: Obj, pod: Obj, refs: Refs, *, pod_ip: str, host_ip: s
             elif isinstance(src.get("serviceAccountToken"), dict):
                 s = src["serviceAccountToken"]
                 aud = str(s.get("audience") or "") or "https://kubernetes.default.svc.cluster.local"
-                token = service_account_token(pod, audience=aud)
+                token = service_account_token(pod, audience=aud, now=token_issued)
                 files[str(s.get("path") or "token")] = (token, default)
             else:
                 raise VolumeError(f"volume {name!r}: unsupported projected source {sorted(src)}")
@@ -209,20 +216,3 @@ def prepare_host_path(hp: HostPath) -> bool:
     elif hp.type:
         raise VolumeError(f"hostPath {hp.path}: unknown type {hp.type!r}")
     return path.is_file()
-
-
-def write_files(directory: Path, files: Files) -> None:
-    """Write ``files`` into ``directory`` (created 0755), each atomically with its mode."""
-    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-    base = directory.resolve()
-    for rel, (content, mode) in sorted(files.files.items()):
-        target = (base / rel).resolve()
-        if base not in target.parents:
-            raise VolumeError(f"volume file path {rel!r} escapes the volume")
-        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            os.fchmod(f.fileno(), mode)  # the umask must not narrow the asked-for mode
-        os.replace(tmp, target)

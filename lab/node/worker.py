@@ -3,9 +3,12 @@
 A worker loops until the pod is being deleted: set up the sandbox (cgroup, network, volumes), run
 the init containers in order to completion, then the containers; collect exits, restart per
 ``restartPolicy`` with a doubling backoff (``CrashLoopBackOff`` while waiting), probe, and write
-the pod's status when it changed. Once the pod has a ``deletionTimestamp`` or is gone it SIGTERMs
-every process of the pod cgroup, SIGKILLs what is left after the grace period, releases the
-sandbox, DELETEs the pod (``gracePeriodSeconds: 0``, uid precondition) and removes the pod
+the pod's status when it changed. While the pod runs, its Secret, ConfigMap, projected and
+downwardAPI volumes follow their sources (:mod:`lab.node.objectwatch` tells when a Secret or
+ConfigMap changed; each volume is rewritten atomically, :mod:`lab.node.atomicwriter`). Once the pod
+has a ``deletionTimestamp`` or is gone it SIGTERMs every process of the pod cgroup, SIGKILLs what is
+left after the grace period, releases the sandbox, DELETEs the pod (``gracePeriodSeconds: 0``, uid
+precondition: finalizers then keep the object only until they are removed) and removes the pod
 directory. A pod that reaches Succeeded or Failed releases its sandbox at once and keeps its logs
 until it is deleted.
 
@@ -42,11 +45,13 @@ import aiohttp
 from lab.kube.controllers.actions import PODS, Delete
 from lab.kube.controllers.client import KubeClient, RequestError
 from lab.node import mountpoints, podspec, probes
+from lab.node.atomicwriter import write_volume
 from lab.node.cgroups import PodCgroup
 from lab.node.config import NodeConfig
 from lab.node.containers import ContainerRun, ExitInfo
 from lab.node.launch import LaunchSpec, MountSpec
 from lab.node.layout import PodDir, labs_root, read_json, write_json
+from lab.node.objectwatch import ObjectWatches, RefData
 from lab.node.podstatus import TERMINAL, ContainerView, Running, Terminated, Waiting, phase, pod_status, status_patch
 from lab.node.volumes import (
     EmptyDir,
@@ -56,7 +61,6 @@ from lab.node.volumes import (
     prepare_host_path,
     service_account_files,
     volume_content,
-    write_files,
 )
 from meshcore.backoff import Backoff
 from meshcore.log import get_logger
@@ -70,6 +74,8 @@ MAX_GRACE = 120
 KILL_WAIT = 5.0
 #: Retry period for a container that cannot be configured (missing Secret, bad spec...).
 CONFIG_RETRY = 3.0
+#: How long a pass waits for the first list of the Secrets and ConfigMaps the pod reads.
+REFS_WAIT = 5.0
 _TICK = 0.5
 _FAST_TICK = 0.1
 
@@ -124,12 +130,22 @@ class NodeContext:
     http: aiohttp.ClientSession
     env_marker: dict[str, str]
     node_memory: int
+    objects: ObjectWatches
     changed: Callable[[], None] = lambda: None
     ca: bytes = b""
 
 
 def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _epoch(timestamp: str | None) -> float | None:
+    """Seconds since the epoch of an RFC 3339 ``...Z`` timestamp (None if it does not parse)."""
+    try:
+        parsed = datetime.datetime.strptime(str(timestamp), "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=datetime.UTC).timestamp()
 
 
 def _rv(obj: Obj) -> int:
@@ -233,7 +249,8 @@ class PodWorker:
         self._net_ready = False
         self._volumes_ready = False
         self._sources: dict[str, str] = {}
-        self._refs: dict[tuple[str, str], dict[str, bytes] | None] = {}
+        self._written: dict[str, dict[str, tuple[bytes, int]]] = {}  # file volumes as last written
+        self._refresh_errors: dict[str, str] = {}
         self._setup_error: VolumeError | None = None
         self._start_time: str | None = None
         self._foreign_terminal = False
@@ -275,6 +292,7 @@ class PodWorker:
                 self._stop_all_probes()
         finally:
             self._stop_all_probes()
+            self.ctx.objects.unsubscribe(self.uid)
             self.ctx.changed()
 
     async def _lifecycle(self) -> None:
@@ -367,8 +385,10 @@ class PodWorker:
         assert self.pod is not None
         if self._foreign_terminal:
             return 30.0
-        if not self.released and not await self._setup():
-            return CONFIG_RETRY
+        if not self.released:
+            if not await self._setup():
+                return CONFIG_RETRY
+            await self._refresh_volumes()
         now = time.monotonic()
         for slot in self.slots.values():
             self._observe(slot, now)
@@ -537,35 +557,30 @@ class PodWorker:
             if slot.run is None:
                 slot.waiting = waiting
 
-    async def _fetch_refs(self) -> dict[tuple[str, str], dict[str, bytes] | None]:
-        """The Secrets and ConfigMaps the pod reads, fresh from the API (the last copy while it is down)."""
+    async def _read_refs(self) -> RefData:
+        """The Secrets and ConfigMaps the pod reads (watched from now on; waits for their first list)."""
         assert self.pod is not None
-        refs: dict[tuple[str, str], dict[str, bytes] | None] = {}
-        for kind, name in sorted(podspec.referenced_objects(self.pod)):
-            plural = "secrets" if kind == "secret" else "configmaps"
-            try:
-                obj = await self.ctx.client.request("GET", f"/api/v1/namespaces/{self.namespace}/{plural}/{name}")
-                refs[(kind, name)] = podspec.object_data(kind, obj)
-            except RequestError as err:
-                if err.status == 404:
-                    refs[(kind, name)] = None
-                elif (kind, name) in self._refs:
-                    refs[(kind, name)] = self._refs[(kind, name)]
-                else:
-                    raise VolumeError(f"cannot read {kind} {name}: {err}") from err
-        self._refs = refs
-        return refs
+        wanted = podspec.referenced_objects(self.pod)
+        self.ctx.objects.subscribe(self.uid, self.namespace, wanted, self._wake.set)
+        return await self.ctx.objects.wait(self.namespace, wanted, within=REFS_WAIT)
+
+    def _token_issued(self) -> float | None:
+        """When the pod's service-account tokens are issued: its start time, so that they stay the
+        same across passes and node runtime restarts."""
+        return _epoch(self._start_time)
 
     async def _materialise_volumes(self) -> None:
         assert self.pod is not None
-        refs = await self._fetch_refs()
+        refs = await self._read_refs()
         cfg = self.ctx.cfg
         sources: dict[str, str] = {}
+        payloads: dict[str, dict[str, tuple[bytes, int]]] = {}
         for vol in podspec.spec(self.pod).get("volumes") or []:
             if not isinstance(vol, dict) or not vol.get("name"):
                 continue
             name = str(vol["name"])
-            content = volume_content(vol, self.pod, refs, pod_ip=self.ip or "", host_ip=cfg.internal_ip)
+            content = volume_content(vol, self.pod, refs, pod_ip=self.ip or "", host_ip=cfg.internal_ip,
+                                     token_issued=self._token_issued())
             if isinstance(content, HostPath):
                 prepare_host_path(content)
                 sources[name] = content.path
@@ -573,13 +588,45 @@ class PodWorker:
                 self.dir.volume(name).mkdir(parents=True, exist_ok=True)
                 sources[name] = str(self.dir.volume(name))
             else:
-                await asyncio.to_thread(write_files, self.dir.volume(name), content)
+                payloads[name] = dict(content.files)
                 sources[name] = str(self.dir.volume(name))
+        for name, files in payloads.items():
+            await asyncio.to_thread(write_volume, self.dir.volume(name), files)
+        self._written = payloads
         if podspec.wants_service_account(self.pod):
-            files: Files = service_account_files(self.pod, self.ctx.ca)
-            await asyncio.to_thread(write_files, self.dir.volume(podspec.SA_VOLUME), files)
+            sa = service_account_files(self.pod, self.ctx.ca, issued=self._token_issued())
+            await asyncio.to_thread(write_volume, self.dir.volume(podspec.SA_VOLUME), sa.files)
             sources[podspec.SA_VOLUME] = str(self.dir.volume(podspec.SA_VOLUME))
         self._sources = sources
+
+    async def _refresh_volumes(self) -> None:
+        """Write again each file volume whose content changed since it was written (the kubelet's
+        periodic remount of Secret, ConfigMap, projected and downwardAPI volumes). A volume that
+        cannot be made now (a required Secret deleted, a key gone) keeps its files, as the kubelet's do."""
+        assert self.pod is not None
+        refs = self.ctx.objects.current(self.namespace, podspec.referenced_objects(self.pod))
+        if refs is None:
+            return
+        cfg = self.ctx.cfg
+        for vol in podspec.spec(self.pod).get("volumes") or []:
+            name = str(vol.get("name", "")) if isinstance(vol, dict) else ""
+            if name not in self._written:
+                continue
+            try:
+                content = volume_content(vol, self.pod, refs, pod_ip=self.ip or "", host_ip=cfg.internal_ip,
+                                         token_issued=self._token_issued())
+                if not isinstance(content, Files) or content.files == self._written[name]:
+                    self._refresh_errors.pop(name, None)
+                    continue
+                await asyncio.to_thread(write_volume, self.dir.volume(name), content.files)
+            except (VolumeError, OSError) as err:
+                if self._refresh_errors.get(name) != str(err):
+                    self._log.warning("cannot update volume, keeping its files", volume=name, error=str(err))
+                self._refresh_errors[name] = str(err)
+                continue
+            self._refresh_errors.pop(name, None)
+            self._written[name] = dict(content.files)
+            self._log.info("volume updated", volume=name, files=sorted(content.files))
 
     async def _release(self) -> None:
         """Give back the sandbox: processes, cgroup, network, mount points, volumes (logs stay)."""
@@ -591,6 +638,7 @@ class PodWorker:
             await self.ctx.run_net(self.ctx.network.detach, self.uid, self.netns)
             self.ctx.claims.release(self.netns, self.uid)
             self._log.info("pod network detached", netns=self.netns)
+        self.ctx.objects.unsubscribe(self.uid)
         removed = await asyncio.to_thread(mountpoints.release, self.dir.created_paths,
                                           labs_root(self.ctx.cfg.state_path))
         if removed:
@@ -598,6 +646,7 @@ class PodWorker:
         await asyncio.to_thread(shutil.rmtree, self.dir.volumes, True)
         self.released = True
         self._net_ready = self._volumes_ready = False
+        self._written = {}
         self._write_record()
         self.ctx.changed()
 
@@ -631,7 +680,7 @@ class PodWorker:
         assert self.pod is not None
         cfg = self.ctx.cfg
         try:
-            refs = await self._fetch_refs()
+            refs = await self._read_refs()
             env = podspec.container_env(self.pod, slot.spec, base=self._base_env(), refs=refs, pod_ip=self.ip or "",
                                         host_ip=cfg.internal_ip, node_memory=self.ctx.node_memory)
             argv = podspec.container_argv(slot.spec, env)
@@ -757,9 +806,10 @@ class PodWorker:
                     await self._publish()
         await self._release()
         backoff = Backoff(initial=0.2, maximum=5.0)
-        while not self.gone:
-            # finalizers may hold the object: its logs stay until it is gone; ask again when it changes
-            await self._sleep(30.0 if await self._delete_object() else backoff.next_delay())
+        while not self.gone and not await self._delete_object():
+            await self._sleep(backoff.next_delay())
+        while not self.gone:  # finalizers hold the object (deleting it with grace 0 now): logs stay until it goes
+            await self._sleep(30.0)
         await asyncio.to_thread(shutil.rmtree, self.dir.root, True)
         self._log.info("pod removed")
 

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import sys
 
+from pyroute2 import config as pyroute2_config
+
 from lab.supervisor.daemon import run
 from lab.supervisor.spec import LabSpecError, load
 
@@ -20,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     except LabSpecError as err:
         print(f"Error: {err}", file=sys.stderr)
         return 1
+    pyroute2_config.disable_mp_signal = True  # pyroute2's forked namespace helpers die on SIGTERM, run no handler
     return asyncio.run(run(spec))
 
 

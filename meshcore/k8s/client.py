@@ -37,6 +37,16 @@ def _error(status: int | None, body: bytes | str, what: str) -> K8sError:
     return K8sError(text)
 
 
+def _selectors(label_selector: str | None, field_selector: str | None) -> list[tuple[str, Any]]:
+    """The ``labelSelector`` / ``fieldSelector`` query parameters (empty ones left out)."""
+    query: list[tuple[str, Any]] = []
+    if label_selector:
+        query.append(("labelSelector", label_selector))
+    if field_selector:
+        query.append(("fieldSelector", field_selector))
+    return query
+
+
 class K8sApi:
     """GET-style list and watch of any resource path, over one ``kubernetes.aio`` ApiClient."""
 
@@ -106,15 +116,19 @@ class K8sApi:
         return result
 
     async def list(
-        self, path: str, *, label_selector: str | None = None, page_size: int = 500
+        self,
+        path: str,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        page_size: int = 500,
     ) -> tuple[list[Object], str]:
-        """Every object at a collection ``path`` (paginated) and the list's resourceVersion."""
+        """Every object at a collection ``path`` (paginated) and the list's resourceVersion;
+        ``label_selector`` and ``field_selector`` narrow it as the API's query parameters do."""
         items: list[Object] = []
         token = ""
         while True:
-            query: list[tuple[str, Any]] = [("limit", page_size)]
-            if label_selector:
-                query.append(("labelSelector", label_selector))
+            query: list[tuple[str, Any]] = [("limit", page_size), *_selectors(label_selector, field_selector)]
             if token:
                 query.append(("continue", token))
             page = await self._request("GET", path, query, request_timeout=60)
@@ -139,6 +153,7 @@ class K8sApi:
         *,
         resource_version: str,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         timeout_seconds: int = 300,
     ) -> AsyncGenerator[Object, None]:
         """Watch events (``{"type": ..., "object": ...}``) from ``resource_version``, with bookmarks."""
@@ -147,9 +162,8 @@ class K8sApi:
             ("allowWatchBookmarks", "true"),
             ("resourceVersion", resource_version),
             ("timeoutSeconds", timeout_seconds),
+            *_selectors(label_selector, field_selector),
         ]
-        if label_selector:
-            query.append(("labelSelector", label_selector))
         response = await self._request("GET", path, query, request_timeout=timeout_seconds + 30)
         raw: aiohttp.ClientResponse = response.response
         try:

@@ -79,7 +79,8 @@ def _resource_version(obj: Object) -> str:
 
 
 class ResourceWatch:
-    """The event stream of one resource; iterate :meth:`events` (once)."""
+    """The event stream of one resource; iterate :meth:`events` (once). ``label_selector`` and
+    ``field_selector`` (e.g. ``spec.nodeName=n1``) narrow both the lists and the watches."""
 
     def __init__(
         self,
@@ -87,6 +88,7 @@ class ResourceWatch:
         ref: ResourceRef,
         *,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         page_size: int = 500,
         watch_timeout: int = 300,
         backoff: Backoff | None = None,
@@ -98,6 +100,7 @@ class ResourceWatch:
         self.relists = 0
         self._api = api
         self._label_selector = label_selector
+        self._field_selector = field_selector
         self._page_size = page_size
         self._watch_timeout = watch_timeout
         self._backoff = backoff or Backoff(initial=0.2, maximum=10.0)
@@ -151,7 +154,10 @@ class ResourceWatch:
     async def _relist(self) -> AsyncGenerator[ResourceEvent, None]:
         self.relists += 1
         items, self._list_version = await self._api.list(
-            self.ref.path(), label_selector=self._label_selector, page_size=self._page_size
+            self.ref.path(),
+            label_selector=self._label_selector,
+            field_selector=self._field_selector,
+            page_size=self._page_size,
         )
         self.error = ""
         current = {object_key(obj): obj for obj in items}
@@ -172,6 +178,7 @@ class ResourceWatch:
                 self.ref.path(),
                 resource_version=version,
                 label_selector=self._label_selector,
+                field_selector=self._field_selector,
                 timeout_seconds=self._watch_timeout,
             )
         ) as lines:

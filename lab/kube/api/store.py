@@ -25,6 +25,7 @@ on another loop; watchers are woken on their own loop with ``call_soon_threadsaf
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
 import random
@@ -70,6 +71,15 @@ def scale_of(obj: Obj) -> Obj:
             "spec": {"replicas": int(spec.get("replicas", 1))},
             "status": {"replicas": int(status.get("replicas", 0)),
                        "selector": ",".join(f"{k}={v}" for k, v in sorted(labels.items()))}}
+
+
+def _earlier(timestamp: str, seconds: int) -> str:
+    """The RFC 3339 ``timestamp`` (``...Z``) moved ``seconds`` back (now, if it does not parse)."""
+    try:
+        then = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ")
+    except (TypeError, ValueError):
+        return now_rfc3339()
+    return (then - datetime.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def clone(obj: Any) -> Any:
@@ -662,7 +672,15 @@ class ObjectStore:
                 return self._out(info, marked, copy)
             if md.get("finalizers"):
                 if md.get("deletionTimestamp"):
-                    return self._out(info, old, copy)
+                    pending = int(md.get("deletionGracePeriodSeconds") or 0)
+                    if grace_period_seconds is None or grace_period_seconds > 0 or not pending:
+                        return self._out(info, old, copy)
+                    # kube-apiserver's BeforeDelete: a deletion under way may be shortened, here to grace 0
+                    # (deletionTimestamp moves back by the old grace), so the last finalizer's removal deletes it
+                    new = {**old, "metadata": {**md, "deletionGracePeriodSeconds": 0,
+                                               "deletionTimestamp": _earlier(md["deletionTimestamp"], pending)}}
+                    self._write(info, "MODIFIED", new, old)
+                    return self._out(info, new, copy)
                 new = {**old, "metadata": {**md, "deletionTimestamp": now_rfc3339(), "deletionGracePeriodSeconds": 0}}
                 self._write(info, "MODIFIED", new, old)
                 return self._out(info, new, copy)

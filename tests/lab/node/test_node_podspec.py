@@ -158,6 +158,12 @@ def test_projected_downward_and_other_volume_kinds() -> None:
     assert got.files["u"] == (b"admin", 0o644) and got.files["name"] == (b"web", 0o644)
     claims = json.loads(base64.urlsafe_b64decode(got.files["tok"][0].split(b".")[1] + b"=="))
     assert claims["aud"] == ["mesh"] and claims["sub"] == "system:serviceaccount:shop:robot"
+    # tokens issued at a fixed time keep the volume the same from one computation to the next
+    vol = {"name": "t", "projected": {"sources": [{"serviceAccountToken": {"path": "tok"}}]}}
+    fixed = [volumes.volume_content(vol, POD, REFS, pod_ip="", host_ip="", token_issued=1.7e9) for _ in range(2)]
+    assert fixed[0] == fixed[1]
+    assert isinstance(fixed[0], volumes.Files)
+    assert json.loads(base64.urlsafe_b64decode(fixed[0].files["tok"][0].split(b".")[1] + b"=="))["iat"] == 1700000000
     assert content({"name": "e", "emptyDir": {"medium": "Memory"}}) == volumes.EmptyDir()
     assert content({"name": "h", "hostPath": {"path": "/srv", "type": "Directory"}}) == \
         volumes.HostPath("/srv", "Directory")

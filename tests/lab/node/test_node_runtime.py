@@ -570,3 +570,135 @@ def test_api_outage_pods_keep_running_and_the_runtime_carries_on(node_lab: NodeL
     node_lab.wait_pod("after", is_ready, "Running and Ready after the outage", timeout=45)
     pod = node_lab.wait_pod("steady", is_ready, "still Running and Ready")
     assert pod_pid(node_lab, pod) == pid and status_of(pod)["restartCount"] == 0
+
+
+def test_secret_configmap_and_projected_volumes_follow_their_sources(node_lab: NodeLab) -> None:
+    """Secret, ConfigMap and projected volumes are rewritten while the pod runs, in the kubelet's
+    layout (``..data`` swapped by rename, ``key -> ..data/key``): keys appear, change and disappear
+    inside the container, an optional Secret created later fills its part of a projected volume, and
+    the agent's config-dir reader (meshcore.clustermesh.configdir) sees peers added and removed. The
+    projected volume is the install's own (the agent DaemonSet's ``/var/lib/cilium/clustermesh``)."""
+    from clustermesh_cli.install.manifests import agent_daemonset
+    from clustermesh_cli.install.names import CLUSTERMESH_SECRET, REMOTE_CERT_SECRET
+    from clustermesh_cli.install.options import InstallOptions
+    from meshcore.clustermesh.configdir import ConfigDirWatcher
+
+    core, mnt = node_lab.core, node_lab.tmp / "vols"
+    agent_pod = agent_daemonset(InstallOptions(cluster_name="c1", cluster_id=1))["spec"]["template"]["spec"]
+    (mesh,) = [v for v in agent_pod["volumes"] if v["name"] == "clustermesh-secrets"]
+    assert [s["secret"]["name"] for s in mesh["projected"]["sources"]] == [CLUSTERMESH_SECRET, REMOTE_CERT_SECRET]
+    cert = {"ca.crt": "CA", "tls.crt": "CRT", "tls.key": "KEY"}
+    node_lab.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": REMOTE_CERT_SECRET},
+                     "stringData": cert})
+    node_lab.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+                     "stringData": {"user": "admin", "password": "one"}})
+    node_lab.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"},
+                     "data": {"mode": "fast"}})
+    volumes = [
+        {"name": "creds", "secret": {"secretName": "creds"}},
+        {"name": "settings", "configMap": {"name": "settings"}},
+        mesh,
+        {"name": "extras", "projected": {"sources": [
+            {"configMap": {"name": "settings", "items": [{"key": "mode", "path": "conf/mode"}]}},
+            {"downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}}]}},
+    ]  # fmt: skip
+    container = {"name": "main", "image": "agent", "command": podapp(), "volumeMounts": [
+        {"name": "creds", "mountPath": f"{mnt}/creds"}, {"name": "settings", "mountPath": f"{mnt}/settings"},
+        {"name": "clustermesh-secrets", "mountPath": f"{mnt}/mesh", "readOnly": True},
+        {"name": "extras", "mountPath": f"{mnt}/extras", "readOnly": True}]}
+    pod = manifest("reader", [], containers=[container], volumes=volumes)
+    pod["metadata"]["labels"] = {"app": "agent"}
+    node_lab.create(pod)
+    pod = node_lab.wait_pod("reader", is_ready, "Running and Ready")
+    pid = pod_pid(node_lab, pod)
+
+    def inside(*argv: str) -> str:
+        """Run ``argv`` in the container's mount namespace (as ``lab exec`` does)."""
+        done = subprocess.run(["nsenter", "-t", str(pid), "-m", "--", *argv], capture_output=True, text=True,
+                              timeout=10)
+        return done.stdout if done.returncode == 0 else f"ERROR {done.stderr.strip()}"
+
+    def listing(d: str) -> dict[str, str]:
+        """The visible names of a volume as the container sees them, with their link targets."""
+        out = {}
+        for line in inside("find", f"{mnt}/{d}", "-mindepth", "1", "-maxdepth", "1", "-printf", "%f %l\n").splitlines():
+            name, _, target = line.partition(" ")
+            if not name.startswith(".."):
+                out[name] = target
+        return out
+
+    def follows(path: str, want: str | None) -> None:
+        node_lab.wait_for(f"{path} to read {want!r} in the container", lambda: (
+            inside("cat", f"{mnt}/{path}") == want if want is not None else
+            inside("cat", f"{mnt}/{path}").startswith("ERROR")), timeout=10)
+
+    assert listing("creds") == {"password": "..data/password", "user": "..data/user"}
+    assert inside("readlink", f"{mnt}/creds/..data").startswith("..20")
+    assert listing("mesh") == {n: f"..data/{n}" for n in ("common-etcd-client-ca.crt", "common-etcd-client.crt",
+                                                          "common-etcd-client.key")}
+    assert inside("stat", "-L", "-c", "%a", f"{mnt}/mesh/common-etcd-client.key") == "400\n"
+    assert set(listing("extras")) == {"conf", "labels"} and inside("cat", f"{mnt}/extras/labels") == 'app="agent"'
+    # the agent's reader, pointed at the directory as the container sees it
+    watcher = ConfigDirWatcher(Path(f"/proc/{pid}/root{mnt}/mesh"), local_cluster="c1")
+    assert watcher.scan() == []
+
+    def peers_change() -> list[tuple[str, bool]]:
+        return [(name, file is not None) for name, file in watcher.scan()]
+
+    # the optional Secret appears: its keys join the projected volume
+    c2 = "endpoints:\n- https://192.168.2.1:32379\n"
+    node_lab.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": CLUSTERMESH_SECRET},
+                     "stringData": {"c2": c2}})
+    follows("mesh/c2", c2)
+    assert node_lab.wait_for("the reader to see c2", peers_change, timeout=10) == [("c2", True)]
+    # a peer added and one changed at once, then one removed
+    c2b, c3 = "endpoints:\n- https://192.168.2.9:32379\n", "endpoints:\n- https://192.168.3.1:32379\n"
+    core.replace_namespaced_secret(CLUSTERMESH_SECRET, "default", {
+        "metadata": {"name": CLUSTERMESH_SECRET}, "stringData": {"c2": c2b, "c3": c3}})
+    follows("mesh/c3", c3)
+    assert inside("cat", f"{mnt}/mesh/c2") == c2b
+    changed = dict(node_lab.wait_for("the reader to see c2 and c3", peers_change, timeout=10))
+    assert changed == {"c2": True, "c3": True} and watcher.current["c2"].config.endpoints == ("https://192.168.2.9:32379",)
+    core.replace_namespaced_secret(CLUSTERMESH_SECRET, "default", {
+        "metadata": {"name": CLUSTERMESH_SECRET}, "stringData": {"c3": c3}})
+    follows("mesh/c2", None)
+    assert node_lab.wait_for("the reader to drop c2", peers_change, timeout=10) == [("c2", False)]
+    assert sorted(watcher.current) == ["c3"]
+
+    # a Secret volume: a key changed, one added, one removed
+    core.replace_namespaced_secret("creds", "default", {"metadata": {"name": "creds"},
+                                                        "stringData": {"password": "two", "token": "t"}})
+    follows("creds/password", "two")
+    follows("creds/user", None)
+    assert listing("creds") == {"password": "..data/password", "token": "..data/token"}
+    # a ConfigMap, in its own volume and in the projected one; a label, through the Downward API
+    core.patch_namespaced_config_map("settings", "default", {"data": {"mode": "safe", "extra": "x"}})
+    follows("settings/extra", "x")
+    follows("extras/conf/mode", "safe")
+    core.patch_namespaced_pod("reader", "default", {"metadata": {"labels": {"app": "agent", "tier": "node"}}})
+    follows("extras/labels", 'app="agent"\ntier="node"')
+    # the optional Secret deleted: its part of the projected volume empties; the rest stays
+    core.delete_namespaced_secret(CLUSTERMESH_SECRET, "default")
+    follows("mesh/c3", None)
+    assert node_lab.wait_for("the reader to drop c3", peers_change, timeout=10) == [("c3", False)]
+    assert inside("cat", f"{mnt}/mesh/common-etcd-client.crt") == "CRT"
+    # a required Secret deleted: the volume keeps what it had (as the kubelet's does)
+    core.delete_namespaced_secret("creds", "default")
+    time.sleep(2.0)
+    assert inside("cat", f"{mnt}/creds/password") == "two"
+    # a new node runtime (after a SIGKILL) adopts the pod and keeps its volumes following
+    node_lab.kill_runtime(signal.SIGKILL)
+    node_lab.start_runtime()
+    node_lab.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+                     "stringData": {"password": "three"}})
+    follows("creds/password", "three")
+    follows("creds/token", None)
+    assert pod_pid(node_lab, pod) == pid and status_of(node_lab.pod("reader") or {})["restartCount"] == 0
+
+
+def test_pod_waiting_for_a_secret_starts_when_it_is_created(node_lab: NodeLab) -> None:
+    node_lab.create(manifest("late", podapp(), volumes=[{"name": "s", "secret": {"secretName": "later"}}]))
+    node_lab.wait_pod("late", lambda p: 'secret "later" not found' in str(
+        status_of(p).get("state", {}).get("waiting", {}).get("message")), "waiting for the Secret")
+    node_lab.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "later"}, "stringData": {"k": "v"}})
+    node_lab.wait_pod("late", is_ready, "Running and Ready once the Secret exists")

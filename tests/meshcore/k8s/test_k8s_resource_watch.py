@@ -142,6 +142,35 @@ async def test_gone_relists_and_sweeps(tmp_path: Path) -> None:
                 await second.stop()
 
 
+async def test_field_selector_narrows_list_and_watch(server: K8sApiServer, api: K8sApi) -> None:
+    def configmap(namespace: str, name: str) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace}}
+
+    for namespace in ("a", "b"):
+        server.store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    for namespace, name in (("a", "x"), ("b", "x"), ("a", "y")):
+        server.store.create(configmap(namespace, name))
+    watch = ResourceWatch(api, CONFIGMAPS, field_selector="metadata.namespace=a,metadata.name=x")
+    collector = Collector(watch)
+    async with asyncio.timeout(10), asyncio.TaskGroup() as tg:
+        task = tg.create_task(collector.run())
+        await collector.wait_for(2)
+        assert [(e.obj["metadata"]["namespace"], e.obj["metadata"]["name"]) for e in collector.events
+                if isinstance(e, Upsert)] == [("a", "x")]
+        # Changes to objects outside the selection are not delivered; the selected one's are.
+        server.store.patch("configmaps", "x", {"data": {"k": "other"}}, namespace="b")
+        server.store.create(configmap("a", "z"))
+        server.store.patch("configmaps", "x", {"data": {"k": "mine"}}, namespace="a")
+        server.store.delete("configmaps", "x", "a")
+        await collector.wait_for(4)
+        await asyncio.sleep(0.3)  # nothing else may follow
+        tail = collector.events[2:]
+        assert [type(e).__name__ for e in tail] == ["Upsert", "Delete"]
+        assert tail[0].obj["data"] == {"k": "mine"}  # type: ignore[union-attr]
+        assert watch.objects() == []
+        task.cancel()
+
+
 async def test_missing_resource_is_retried_with_error(server: K8sApiServer, api: K8sApi) -> None:
     ref = ResourceRef("example.io", "v1", "widgets", namespaced=True)
     collector = Collector(ResourceWatch(api, ref, backoff=Backoff(initial=0.05, maximum=0.1)))
