@@ -172,6 +172,53 @@ def test_kubectl_watch_started_before_an_api_restart_resumes(lab: LabDriver) -> 
     assert not err.strip(), f"kubectl get -w wrote to stderr: {err!r}"
 
 
+def _node_ping(lab: LabDriver, src: str, dst: str) -> bool:
+    spec = lab.spec
+    return nsutil.run_in(spec.node(src).netns, "ping", "-n", "-q", "-c", "1", "-W", "1", spec.node(dst).internal_ip,
+                         check=False, timeout=10).returncode == 0
+
+
+def _proc_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_faults_and_their_counterparts(lab: LabDriver) -> None:
+    assert _node_ping(lab, "c1-n0", "c2-n1") and _node_ping(lab, "c1-n0", "c1-n1")
+    lab.fault("partition", "c1", "c2")
+    assert not _node_ping(lab, "c1-n0", "c2-n1") and not _node_ping(lab, "c2-n0", "c1-n1")
+    assert _node_ping(lab, "c1-n0", "c1-n1"), "a partition between clusters cut a cluster's own nodes"
+    assert "partition" in lab.fault("list").stdout
+    lab.fault("heal", "c1", "c2")
+    assert _node_ping(lab, "c1-n0", "c2-n1")
+    lab.fault("loss", "c1", "c2", "100")
+    assert not _node_ping(lab, "c2-n1", "c1-n0") and _node_ping(lab, "c2-n1", "c2-n0")
+    lab.fault("heal", "c1", "c2")
+    assert _node_ping(lab, "c2-n1", "c1-n0")
+    assert "no network faults" in lab.fault("list").stdout
+    # a pod: pause and resume its processes; kill them and its node runtime restarts it
+    lab.kubectl("c1", "apply", "-f", str(EXAMPLES / "client.yaml"))
+    wait_for(lambda: any(running_ready(p) for p in lab.pods("c1") if p["metadata"]["name"] == "client"),
+             within=15, what="client Running")
+    lab.fault("pause", "pod/client", "--context", lab.context("c1"))
+    pod = lab.get("c1", "pod", "client")
+    cgroup = lab.spec.node_cgroup(lab.spec.node(pod["spec"]["nodeName"])) / pod["metadata"]["uid"]
+    client_pids = [int(p) for p in (cgroup / "cgroup.procs").read_text().split()]
+    assert client_pids and all(_proc_state(p) == "T" for p in client_pids)
+    lab.fault("resume", "pod/client", "--context", lab.context("c1"))
+    assert all(_proc_state(p) != "T" for p in client_pids)
+    restarts = lab.get("c1", "pod", "client")["status"]["containerStatuses"][0]["restartCount"]
+    lab.fault("kill", "pod/client", "--context", lab.context("c1"))
+    wait_for(lambda: lab.get("c1", "pod", "client")["status"]["containerStatuses"][0]["restartCount"] > restarts
+             and running_ready(lab.get("c1", "pod", "client")), within=20, what="client restarted")
+    # a node runtime: killed, the node's pods keep running; started again, it adopts them
+    lab.fault("kill", "runtime/c1-n0")
+    status = {p["name"]: p for p in lab.status()["processes"]}
+    assert status["runtime/c1-n0"]["state"] == "exited"
+    lab.fault("start", "runtime/c1-n0")
+    status = {p["name"]: p for p in lab.status()["processes"]}
+    assert status["runtime/c1-n0"]["state"] == "running"
+
+
 def test_lab_down_leaves_nothing_and_cleans_a_killed_lab_up(tmp_path: Path) -> None:
     driver = LabDriver(_lab_name(), tmp_path / "kubeconfig")
     up = subprocess.Popen([*CLI, "lab", "up", "--name", driver.name, "--clusters", "1", "--nodes", "2", "--no-mesh",
