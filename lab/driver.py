@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lab.supervisor.spec import LabSpec, load
+from lab.net import nsutil
+from lab.supervisor import cleanup
+from lab.supervisor.spec import BPFFS, LabSpec, cgroup_unified_root, load, state_dir
 
 PROJECT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "clustermesh_cli.main"]
@@ -63,6 +65,10 @@ class LabDriver:
         """Run ``clustermesh lab ARGS`` (``--name`` is added where the command takes it)."""
         return _run([*CLI, "lab", *args], timeout=timeout, check=check)
 
+    def clustermesh(self, *args: str, timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``clustermesh ARGS`` (any command, e.g. ``bpf dump``)."""
+        return _run([*CLI, *args], timeout=timeout, check=check)
+
     def up(self, clusters: int, nodes: int, *extra: str, timeout: float = 240.0) -> subprocess.CompletedProcess[str]:
         return self.cli("up", "--name", self.name, "--clusters", str(clusters), "--nodes", str(nodes),
                         "--kubeconfig", str(self.kubeconfig), *extra, timeout=timeout)
@@ -102,6 +108,23 @@ class LabDriver:
 
     def fault(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return self.cli("fault", *args, "--name", self.name, timeout=timeout)
+
+
+def lab_traces(name: str) -> dict[str, list[str]]:
+    """Everything of lab ``name`` that `lab down` must remove: namespaces, processes, mounts, pins,
+    cgroups and the state directory (empty lists when nothing is left)."""
+    def ours(point: str) -> bool:
+        return f"clustermesh-lab/{name}" in point or f"clustermesh-lab-{name}" in point
+
+    mounts = [p for p in (line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()) if ours(p)]
+    return {
+        "namespaces": nsutil.namespaces_with_prefix(name),
+        "processes": [str(p) for p in cleanup.lab_processes(name)],
+        "mounts": mounts,
+        "bpffs": [str(p) for p in BPFFS.glob(f"clustermesh-lab-{name}*")],
+        "cgroups": [str(p) for p in cgroup_unified_root().glob(f"clustermesh-lab-{name}*")],
+        "state": [str(state_dir(name))] if state_dir(name).exists() else [],
+    }
 
 
 def running_ready(pod: dict[str, Any]) -> bool:

@@ -16,16 +16,15 @@ from pathlib import Path
 from typing import Any, Final
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
 
-from meshcore.errors import MeshError
+from clustermesh_cli.kubecontext import context_configuration
+from meshcore.errors import ConfigError, MeshError
 
 __all__ = ["KINDS", "REQUEST_TIMEOUT", "Kind", "KubeError", "KubeObjects", "kind_of", "open_context"]
 
 REQUEST_TIMEOUT: Final = 15.0  # seconds per API request
-_RETRIES: Final = 1  # urllib3's default of 3 makes a dead API slow to report
 Obj = dict[str, Any]
 
 
@@ -89,18 +88,10 @@ class KubeObjects:
 
     def __init__(self, context: str, *, kubeconfig: str | Path | None = None) -> None:
         self.context = context
-        configuration = client.Configuration()
         try:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=str(kubeconfig) if kubeconfig is not None else None,
-                context=context,
-                client_configuration=configuration,
-                persist_config=False,
-            )
-        except (ConfigException, OSError, ValueError) as err:
-            raise KubeError(f"cannot use context {context!r} of kubeconfig {kubeconfig or '(default)'}: {err}") \
-                from None
-        configuration.retries = _RETRIES
+            configuration = context_configuration(context, kubeconfig)
+        except ConfigError as err:
+            raise KubeError(str(err)) from None
         self.server = str(configuration.host)
         self._api = client.ApiClient(configuration)
 

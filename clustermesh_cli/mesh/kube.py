@@ -21,6 +21,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from clustermesh_cli.kubecontext import context_configuration
 from clustermesh_cli.mesh.access import (
     MeshAccessError,
     cluster_identity,
@@ -41,11 +42,11 @@ from clustermesh_cli.mesh.peers import (
     ConnectPlan,
     SecretChange,
 )
+from meshcore.errors import ConfigError
 
 __all__ = ["REQUEST_TIMEOUT", "KubeCluster", "apply_plan", "kube_contexts", "open_clusters"]
 
 REQUEST_TIMEOUT = 15.0  # seconds per API request
-_RETRIES = 1  # urllib3 retries per request (its default of 3 makes a dead API slow to report)
 Obj = dict[str, Any]
 T = TypeVar("T")
 
@@ -70,18 +71,10 @@ class KubeCluster:
                  namespace: str = DEFAULT_NAMESPACE) -> None:
         self.context = context
         self.namespace = namespace
-        configuration = client.Configuration()
         try:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=str(kubeconfig) if kubeconfig is not None else None,
-                context=context,
-                client_configuration=configuration,
-                persist_config=False,
-            )
-        except (ConfigException, OSError, ValueError) as err:
-            raise MeshAccessError(f"cannot use context {context} of kubeconfig {kubeconfig or '(default)'}: "
-                                  f"{err}") from None
-        configuration.retries = _RETRIES
+            configuration = context_configuration(context, kubeconfig)
+        except ConfigError as err:
+            raise MeshAccessError(str(err)) from None
         self.server = str(configuration.host)
         self._api = client.ApiClient(configuration)
         self._core = client.CoreV1Api(self._api)

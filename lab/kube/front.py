@@ -16,6 +16,14 @@ that make an API process crash invisible to clients that are only watching:
 - any other request while the API process is down gets ``503 ServiceUnavailable`` with a
   Kubernetes ``Status`` body and ``Retry-After: 1`` (client-go retries those) instead of hanging.
 
+A WebSocket upgrade (``kubectl exec``, the official client's ``stream()``) is relayed as a WebSocket:
+the front connects upstream offering the client's subprotocols, accepts the client with the one the
+API chose, and copies frames both ways (text as text, binary as binary); a close from either side is
+passed on with its code and reason, and an upstream connection that breaks breaks the client's too.
+An upgrade the API refuses is answered with the API's own error: aiohttp's WebSocket client drops
+the refusal's body, so the front asks again without ``Upgrade`` (the API's exec validates before it
+looks at the upgrade, so it gives the same ``Status``) and relays that when its code matches.
+
 The front serves the API's own certificate (``tls.crt``/``tls.key`` in the API's TLS directory, which
 must exist: :func:`lab.kube.api.server.ensure_tls_files` makes them), so kubeconfigs that trust the
 API's CA work unchanged, and it checks the API's certificate against that CA. Watches answered in a
@@ -58,6 +66,11 @@ _NOT_RELAYED = frozenset({"connection", "keep-alive", "proxy-authenticate", "pro
                           "trailer", "transfer-encoding", "upgrade", "content-length"})
 _UPSTREAM_BROKE = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError)
 _RESUME_DROPS = ("resourceVersion", "resourceVersionMatch", "sendInitialEvents", "timeoutSeconds")
+# set by aiohttp's WebSocket client itself for the upstream leg
+_WS_OWN = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol",
+                     "sec-websocket-extensions"})
+WS_CLOSE_TIMEOUT = 10.0
+_WS_UNSENDABLE_CODES = (1005, 1006, 1015)  # reserved: never on the wire
 
 
 class FrontError(RuntimeError):
@@ -85,6 +98,35 @@ def request_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
         if k.lower() not in _NOT_RELAYED and k.lower() != "accept-encoding":
             out.add(k, v)
     return out
+
+
+def is_websocket_upgrade(headers: Mapping[str, str]) -> bool:
+    """True for a WebSocket handshake (``Upgrade: websocket`` with ``Connection: upgrade``)."""
+    return ("websocket" in headers.get("Upgrade", "").lower()
+            and "upgrade" in headers.get("Connection", "").lower())
+
+
+def websocket_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    """The client's headers for the upstream handshake: :func:`request_headers` without the
+    ``Sec-WebSocket-*`` ones aiohttp's client makes itself."""
+    out: CIMultiDict[str] = CIMultiDict()
+    for k, v in request_headers(headers).items():
+        if k.lower() not in _WS_OWN:
+            out.add(k, v)
+    return out
+
+
+def offered_protocols(headers: MultiMapping[str]) -> tuple[str, ...]:
+    """The subprotocols the client offers, in its order (the header may repeat and lists with commas)."""
+    out: list[str] = []
+    for value in headers.getall("Sec-WebSocket-Protocol", ()):
+        out += [p.strip() for p in value.split(",") if p.strip()]
+    return tuple(dict.fromkeys(out))
+
+
+def close_code(code: int | None) -> int:
+    """The code to pass on for a close received with ``code`` (reserved or missing codes become 1000)."""
+    return 1000 if code is None or code in _WS_UNSENDABLE_CODES or not 1000 <= code <= 4999 else code
 
 
 def response_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
@@ -220,6 +262,7 @@ class FrontStats:
     requests: int = 0
     unavailable: int = 0
     watches: int = 0
+    websockets: int = 0
     resumed: int = 0
     resume_failures: int = 0
 
@@ -306,6 +349,8 @@ class ApiFront:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.stats.requests += 1
+        if is_websocket_upgrade(request.headers):
+            return await self._websocket(request)
         body = await request.read()
         headers = request_headers(request.headers)
         if request.method == "GET" and is_watch(request.path, request.query):
@@ -466,6 +511,83 @@ class ApiFront:
                     up.release()
             await asyncio.sleep(max(0.0, min(delay, give_up - loop.time())))
             delay = min(delay * 2, BACKOFF_MAX)
+
+
+    # ----- WebSockets -----
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        """Relay one WebSocket session (see the module docstring)."""
+        assert self._session is not None
+        try:
+            up = await self._session.ws_connect(
+                self._upstream_url(request), method=request.method, protocols=offered_protocols(request.headers),
+                headers=websocket_headers(request.headers), autoping=True, autoclose=True, max_msg_size=0,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=WS_CLOSE_TIMEOUT))
+        except aiohttp.WSServerHandshakeError as err:
+            return await self._refused_upgrade(request, err)
+        except (aiohttp.ClientConnectionError, TimeoutError) as err:
+            return self._unavailable(err)
+        self.stats.websockets += 1
+        try:
+            ws = web.WebSocketResponse(protocols=(up.protocol,) if up.protocol else (), autoping=True,
+                                       autoclose=True, max_msg_size=0, compress=False,
+                                       timeout=WS_CLOSE_TIMEOUT)
+            await ws.prepare(request)
+            async with asyncio.TaskGroup() as tg:
+                to_api = tg.create_task(_ws_copy(ws, up))
+                to_client = tg.create_task(_ws_copy(up, ws))
+                done, _ = await asyncio.wait({to_api, to_client}, return_when=asyncio.FIRST_COMPLETED)
+                if to_client in done and to_client.result() is False and not ws.closed:
+                    _abort(request)  # the API's side broke: so does the client's
+                    to_api.cancel()
+            return ws
+        finally:
+            await up.close()
+
+    async def _refused_upgrade(self, request: web.Request, err: aiohttp.WSServerHandshakeError
+                               ) -> web.StreamResponse:
+        """The API's answer to a refused upgrade, asked again without ``Upgrade`` (see the module docstring)."""
+        if err.status != 101:
+            headers = websocket_headers(request.headers)
+            again = await self._send(request, headers, b"")
+            if isinstance(again, web.Response):
+                return again
+            try:
+                if again.status == err.status:
+                    return await self._relay(request, again)
+            finally:
+                again.release()
+        status = err.status if err.status >= 400 else 502
+        msg = f"the Kubernetes API refused the WebSocket upgrade: HTTP {err.status} ({err.message})"
+        return web.json_response(ApiError(status, "BadRequest" if status < 500 else "BadGateway", msg).status(),
+                                 status=status)
+
+
+async def _ws_copy(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+                   dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> bool:
+    """Copy messages from ``src`` to ``dst`` until ``src`` closes (True: cleanly, its close passed on to
+    ``dst``) or breaks (False)."""
+    while True:
+        msg = await src.receive()
+        try:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await dst.send_str(msg.data)
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                await dst.send_bytes(msg.data)
+            elif msg.type == aiohttp.WSMsgType.CLOSE:
+                await dst.close(code=close_code(msg.data), message=str(msg.extra or "").encode())
+                return True
+            elif msg.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                code = src.close_code
+                if code is None or code in _WS_UNSENDABLE_CODES:
+                    return False  # gone without a close frame (1006): not a clean close to pass on
+                if not dst.closed:
+                    await dst.close(code=close_code(code))
+                return True
+            elif msg.type == aiohttp.WSMsgType.ERROR:
+                return False
+        except ConnectionError:
+            return False  # the other side went away: its own copy sees that
 
 
 def _abort(request: web.Request) -> None:

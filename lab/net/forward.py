@@ -58,7 +58,8 @@ def listen_in_netns(ns: str, host: str, port: int, *, backlog: int = 128) -> soc
     return result[0]
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy ``reader`` to ``writer`` until EOF or an error, then half-close ``writer``."""
     try:
         while data := await reader.read(_BUFFER):
             writer.write(data)
@@ -93,8 +94,8 @@ class Forwarder:
                     up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
                 self._conns.add(up_writer)
                 async with asyncio.TaskGroup() as tg:
-                    tg.create_task(_pump(reader, up_writer))
-                    tg.create_task(_pump(up_reader, writer))
+                    tg.create_task(pump(reader, up_writer))
+                    tg.create_task(pump(up_reader, writer))
             except (OSError, TimeoutError):
                 pass  # the target is down: the client sees the connection close, as with a dead server
             finally:

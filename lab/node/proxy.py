@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
 import sys
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lab.net.forward import pump
 from meshcore.cliopts import run_until_signalled
 from meshcore.k8s.client import K8sApi
 from meshcore.k8s.resource import Delete, ResourceRef, ResourceWatch, Upsert, object_key
@@ -32,7 +32,6 @@ from meshcore.log import get_logger
 SERVICES = ResourceRef("", "v1", "services", True)
 ENDPOINT_SLICES = ResourceRef("discovery.k8s.io", "v1", "endpointslices", True)
 _CONNECT_TIMEOUT = 3.0
-_BUFFER = 65536
 _log = get_logger(__name__)
 
 Obj = dict[str, Any]
@@ -79,18 +78,6 @@ def desired_node_ports(services: Iterable[Obj], slices: Iterable[Obj]) -> dict[i
     return out
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(_BUFFER):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(OSError, RuntimeError):
-            writer.write_eof()
-
-
 class NodePortProxy:
     """Listeners for the node ports in :meth:`update`'s table, relaying to its backends."""
 
@@ -130,8 +117,8 @@ class NodePortProxy:
             async with asyncio.timeout(_CONNECT_TIMEOUT):
                 up_reader, up_writer = await asyncio.open_connection(backend.ip, backend.port)
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(_pump(reader, up_writer))
-                tg.create_task(_pump(up_reader, writer))
+                tg.create_task(pump(reader, up_writer))
+                tg.create_task(pump(up_reader, writer))
         except (OSError, TimeoutError):
             pass
         finally:

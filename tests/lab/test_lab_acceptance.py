@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from lab.driver import CLI, PROJECT, LabDriver, running_ready, wait_for
+from lab.driver import CLI, PROJECT, LabDriver, lab_traces, running_ready, wait_for
 from lab.net import nsutil
 from lab.supervisor import cleanup
-from lab.supervisor.spec import BPFFS, cgroup_unified_root, state_dir
+from lab.supervisor.spec import state_dir
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root"), pytest.mark.timeout(600)]
 EXAMPLES = PROJECT / "lab" / "examples"
@@ -37,20 +37,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabDriver]:
         yield driver
     finally:
         driver.down()
-
-
-def _traces(name: str) -> dict[str, list[str]]:
-    """Everything of lab ``name`` that `lab down` must remove."""
-    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-              if f"clustermesh-lab/{name}" in line.split()[4] or f"clustermesh-lab-{name}" in line.split()[4]]
-    return {
-        "namespaces": nsutil.namespaces_with_prefix(name),
-        "processes": [str(p) for p in cleanup.lab_processes(name)],
-        "mounts": mounts,
-        "bpffs": [str(p) for p in BPFFS.glob(f"clustermesh-lab-{name}*")],
-        "cgroups": [str(p) for p in cgroup_unified_root().glob(f"clustermesh-lab-{name}*")],
-        "state": [str(state_dir(name))] if state_dir(name).exists() else [],
-    }
 
 
 def _in_node_cidr(lab: LabDriver, pod: dict) -> bool:  # type: ignore[type-arg]
@@ -234,11 +220,11 @@ def test_lab_down_leaves_nothing_and_cleans_a_killed_lab_up(tmp_path: Path) -> N
             os.kill(pid, signal.SIGKILL)
     finally:
         up.wait(10)
-    assert any(_traces(driver.name).values())
+    assert any(lab_traces(driver.name).values())
     driver.down()
-    assert not any(_traces(driver.name).values()), _traces(driver.name)
+    assert not any(lab_traces(driver.name).values()), lab_traces(driver.name)
     out = driver.up(1, 1, "--no-mesh")
     assert "is up" in out.stdout
-    assert any(_traces(driver.name).values())
+    assert any(lab_traces(driver.name).values())
     driver.down()
-    assert not any(_traces(driver.name).values()), _traces(driver.name)
+    assert not any(lab_traces(driver.name).values()), lab_traces(driver.name)

@@ -19,11 +19,8 @@ from typing import Any
 import pytest
 
 from clustermesh_cli.install import names
-from lab.driver import CLI, PROJECT, LabDriver, running_ready, wait_for
+from lab.driver import CLI, PROJECT, LabDriver, lab_traces, running_ready, wait_for
 from lab.mesh import agent_pin_root, agent_socket, agent_state_root
-from lab.net import nsutil
-from lab.supervisor import cleanup
-from lab.supervisor.spec import BPFFS, cgroup_unified_root, state_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
               pytest.mark.timeout(420)]
@@ -51,20 +48,6 @@ def _run(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     out = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=PROJECT)
     assert out.returncode == 0, f"clustermesh {' '.join(args)} exited {out.returncode}:\n{out.stdout}\n{out.stderr}"
     return out
-
-
-def _traces(name: str) -> dict[str, list[str]]:
-    """Everything of lab ``name`` that `lab down` must remove (the mesh's pins and agent state included)."""
-    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-              if f"clustermesh-lab/{name}" in line.split()[4] or f"clustermesh-lab-{name}" in line.split()[4]]
-    return {
-        "namespaces": nsutil.namespaces_with_prefix(name),
-        "processes": [str(p) for p in cleanup.lab_processes(name)],
-        "mounts": mounts,
-        "bpffs": [str(p) for p in BPFFS.glob(f"clustermesh-lab-{name}*")],
-        "cgroups": [str(p) for p in cgroup_unified_root().glob(f"clustermesh-lab-{name}*")],
-        "state": [str(state_dir(name))] if state_dir(name).exists() else [],
-    }
 
 
 @pytest.fixture(scope="module")
@@ -146,10 +129,10 @@ def test_a_deployment_applied_in_c2_lands_in_the_ipcache_of_c1s_nodes(meshed: La
 
 def test_lab_down_leaves_nothing(meshed: LabDriver) -> None:
     name = meshed.name
-    assert _traces(name)["bpffs"], "the agents pinned nothing in the lab's bpffs directory"
+    assert lab_traces(name)["bpffs"], "the agents pinned nothing in the lab's bpffs directory"
     assert any(agent_state_root(meshed.spec).iterdir())
     meshed.down()
-    assert not any(_traces(name).values()), _traces(name)
+    assert not any(lab_traces(name).values()), lab_traces(name)
 
 
 def test_lab_up_no_mesh_installs_nothing(tmp_path: Path) -> None:
@@ -163,4 +146,4 @@ def test_lab_up_no_mesh_installs_nothing(tmp_path: Path) -> None:
         assert not agent_state_root(driver.spec).exists()
     finally:
         driver.down()
-    assert not any(_traces(driver.name).values()), _traces(driver.name)
+    assert not any(lab_traces(driver.name).values()), lab_traces(driver.name)

@@ -4,10 +4,14 @@ Paths handled: ``/version``, ``/healthz`` (``/livez``, ``/readyz``), discovery (
 ``/apis``, ``/apis/<g>``, ``/apis/<g>/<v>``), ``/openapi/v2``, ``/openapi/v3[/...]``, and for every served
 kind the collection (GET list/watch, POST, DELETE collection), the item (GET, PUT, PATCH, DELETE) and the
 ``status`` subresource (GET, PUT, PATCH), ``scale`` (GET, PUT, PATCH: Deployments, ReplicaSets),
-``pods/binding`` (POST) and ``pods/log`` (GET), in both ``/namespaces/<ns>/<plural>`` and cluster-wide forms,
+``pods/binding`` (POST), ``pods/log`` (GET) and ``pods/exec`` (WebSocket, :mod:`~lab.kube.api.podexec`),
+in both ``/namespaces/<ns>/<plural>`` and cluster-wide forms,
 plus the legacy ``/watch/`` prefix. DELETE takes ``gracePeriodSeconds`` (DeleteOptions body or query).
 Lists honour ``labelSelector``, ``fieldSelector``, ``limit`` and
-``continue``; ``Accept: ...;as=Table`` gets a ``meta.k8s.io/v1 Table`` (what ``kubectl get`` prints).
+``continue``; ``Accept: ...;as=Table`` gets a ``meta.k8s.io/v1 Table`` with kube-apiserver's columns
+(:mod:`~lab.kube.api.printers`; what ``kubectl get`` prints), for lists, single objects and watches.
+Bodies may be JSON, YAML or, for the kinds kubectl's typed clients send that way, protobuf
+(:mod:`~lab.kube.api.protobody`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from lab.kube.api import discovery, podlogs
+from lab.kube.api import discovery, podexec, podlogs, printers, protobody
 from lab.kube.api.errors import ApiError, bad_request, method_not_allowed, unsupported_media_type
 from lab.kube.api.kinds import KindInfo
 from lab.kube.api.patch import json_patch, merge_patch
@@ -166,7 +170,7 @@ class ApiApp:
             if "yaml" in ctype:
                 return yaml.safe_load(raw)
             if "protobuf" in ctype:
-                raise unsupported_media_type(ctype)
+                return protobody.decode(raw)
             return json.loads(raw)
         except (ValueError, yaml.YAMLError) as e:
             raise bad_request(f"the request body could not be decoded: {e}") from None
@@ -205,10 +209,14 @@ class ApiApp:
 
     async def _item(self, request: web.Request, t: Target, name: str) -> web.StreamResponse:
         method, info = request.method, t.info
-        if t.subresource in ("binding", "log", "scale"):
+        if t.subresource in ("binding", "log", "scale", "exec"):
             return await self._subresource(request, t, name, t.subresource)
         if method == "GET":
-            return _json(self.store.get(info, name, t.namespace, copy=False))
+            obj = self.store.get(info, name, t.namespace, copy=False)
+            if "as=Table" in request.headers.get("Accept", "") and not t.subresource:
+                return _json(printers.table(info, [obj], str(obj["metadata"].get("resourceVersion", "")),
+                                            include_object=request.query.get("includeObject", "Metadata")))
+            return _json(obj)
         if method == "PUT":
             body = await self._body(request)
             if not isinstance(body, dict):
@@ -251,6 +259,10 @@ class ApiApp:
 
     async def _subresource(self, request: web.Request, t: Target, name: str, sub: str) -> web.StreamResponse:
         method, info, ns = request.method, t.info, t.namespace or "default"
+        if sub == "exec":
+            if method not in ("GET", "POST"):
+                raise method_not_allowed(f"{method} is not supported on pods/exec")
+            return await podexec.serve_exec(request, self.store, self.pod_log_root, ns, name)
         if sub == "log":
             if method != "GET":
                 raise method_not_allowed(f"{method} is not supported on pods/log")
@@ -334,7 +346,7 @@ class ApiApp:
             items = items[:limit]
             cont = base64.urlsafe_b64encode(json.dumps({"start": start + limit, "rv": rv}).encode()).decode()
         if "as=Table" in request.headers.get("Accept", ""):
-            doc = discovery.table(items, rv, include_object=q.get("includeObject", "Metadata"))
+            doc = printers.table(t.info, items, rv, include_object=q.get("includeObject", "Metadata"))
             if cont:
                 doc["metadata"]["continue"] = cont
             return _json(doc)

@@ -1,6 +1,6 @@
 """Discovery and schema documents built from the kind registry: ``/version``, ``/api``, ``/apis``,
-``/api/v1``, ``/apis/<group>/<version>``, a minimal ``/openapi/v2`` and ``/openapi/v3``, and
-``meta.k8s.io/v1 Table`` rendering for ``kubectl get``.
+``/api/v1``, ``/apis/<group>/<version>``, a minimal ``/openapi/v2`` and ``/openapi/v3`` (Tables for
+``kubectl get``: :mod:`lab.kube.api.printers`).
 
 Only legacy (unaggregated) discovery is served: client-go asks for the aggregated
 ``apidiscovery.k8s.io/v2`` form with a JSON fallback, and reads the response's Content-Type to tell
@@ -11,7 +11,6 @@ schemas either).
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
 from lab.kube.api.kinds import ALL_VERBS, SUBRESOURCE_VERBS, KindInfo
@@ -82,6 +81,8 @@ def resource_list(registry: KindRegistry, group_name: str, version: str) -> dict
                 entry.update(kind="Binding", verbs=["create"])
             elif sub == "log":
                 entry["verbs"] = ["get"]
+            elif sub == "exec":
+                entry.update(kind="PodExecOptions", verbs=["create", "get"])
             resources.append(entry)
     gv = f"{group_name}/{version}" if group_name else version
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
@@ -124,46 +125,3 @@ def openapi_v3_doc(registry: KindRegistry, group_name: str, version: str) -> dic
         paths[f"{prefix}{ns}/{k.plural}/{{name}}"] = {"patch": op}
     return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": GIT_VERSION}, "paths": paths,
             "components": {"schemas": {}}}
-
-
-def _age(timestamp: str | None) -> str:
-    if not timestamp:
-        return "<unknown>"
-    try:
-        then = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
-    except ValueError:
-        return "<unknown>"
-    secs = int((datetime.datetime.now(datetime.UTC) - then).total_seconds())
-    if secs < 120:
-        return f"{max(secs, 0)}s"
-    if secs < 7200:
-        return f"{secs // 60}m"
-    if secs < 172800:
-        return f"{secs // 3600}h"
-    return f"{secs // 86400}d"
-
-
-def _partial(obj: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata", {})}
-
-
-def table(items: list[dict[str, Any]], resource_version: str, *, include_object: str = "Metadata",
-          ) -> dict[str, Any]:
-    """Render objects as a ``meta.k8s.io/v1 Table`` with Name and Age columns (what ``kubectl get`` asks for)."""
-    rows = []
-    for o in items:
-        md = o.get("metadata") or {}
-        row: dict[str, Any] = {"cells": [md.get("name", ""), _age(md.get("creationTimestamp"))]}
-        if include_object == "Object":
-            row["object"] = o
-        elif include_object != "None":
-            row["object"] = _partial(o)
-        rows.append(row)
-    return {
-        "kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": resource_version},
-        "columnDefinitions": [
-            {"name": "Name", "type": "string", "format": "name", "description": "Name of the object", "priority": 0},
-            {"name": "Age", "type": "string", "format": "", "description": "Time since creation", "priority": 0},
-        ],
-        "rows": rows,
-    }

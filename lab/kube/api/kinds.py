@@ -20,6 +20,18 @@ SUBRESOURCE_VERBS = ("get", "patch", "update")
 
 
 @dataclass(frozen=True, slots=True)
+class PrinterColumn:
+    """One of a CRD version's ``additionalPrinterColumns`` (``kubectl get`` shows it)."""
+
+    name: str
+    type: str
+    json_path: str
+    description: str = ""
+    priority: int = 0
+    format: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class KindInfo:
     """One served group/version/kind and its REST resource."""
 
@@ -32,7 +44,8 @@ class KindInfo:
     status_subresource: bool = False
     categories: tuple[str, ...] = ()
     crd: bool = False  # backed by a CustomResourceDefinition (no strategic merge patch, like real CRs)
-    subresources: tuple[str, ...] = ()  # besides status: "scale", "binding", "log"
+    subresources: tuple[str, ...] = ()  # besides status: "scale", "binding", "log", "exec"
+    printer_columns: tuple[PrinterColumn, ...] = ()  # a CRD version's additionalPrinterColumns
 
     @property
     def api_version(self) -> str:
@@ -70,7 +83,7 @@ NAMESPACED, CLUSTER = True, False
 BUILTIN_KINDS: tuple[KindInfo, ...] = (
     _row("", "v1", "Namespace", "namespaces", CLUSTER, ("ns",), True),
     _row("", "v1", "Node", "nodes", CLUSTER, ("no",), True),
-    _row("", "v1", "Pod", "pods", NAMESPACED, ("po",), True, ("all",), sub=("binding", "log")),
+    _row("", "v1", "Pod", "pods", NAMESPACED, ("po",), True, ("all",), sub=("binding", "log", "exec")),
     _row("", "v1", "Service", "services", NAMESPACED, ("svc",), True, ("all",)),
     _row("", "v1", "Endpoints", "endpoints", NAMESPACED, ("ep",)),
     _row("", "v1", "Secret", "secrets", NAMESPACED),
@@ -158,6 +171,11 @@ def crd_manifests(kinds: Iterable[KindInfo]) -> list[dict[str, Any]]:
             }
             if r.status_subresource:
                 v["subresources"] = {"status": {}}
+            if r.printer_columns:
+                v["additionalPrinterColumns"] = [
+                    {"name": c.name, "type": c.type, "jsonPath": c.json_path, "priority": c.priority,
+                     **({"description": c.description} if c.description else {}),
+                     **({"format": c.format} if c.format else {})} for c in r.printer_columns]
             versions.append(v)
         out.append({
             "apiVersion": "apiextensions.k8s.io/v1",
@@ -189,8 +207,24 @@ def kinds_from_crd(crd: dict[str, Any]) -> list[KindInfo]:
             status_subresource="status" in (v.get("subresources") or {}),
             categories=tuple(names.get("categories") or ()),
             crd=True,
+            printer_columns=printer_columns(v),
         ))
     return out
+
+
+def printer_columns(version: dict[str, Any]) -> tuple[PrinterColumn, ...]:
+    """The ``additionalPrinterColumns`` of one CRD version (entries without name or jsonPath skipped)."""
+    out = []
+    for col in version.get("additionalPrinterColumns") or []:
+        if not isinstance(col, dict) or not col.get("name") or not col.get("jsonPath"):
+            continue
+        try:
+            priority = int(col.get("priority") or 0)
+        except (TypeError, ValueError):
+            priority = 0
+        out.append(PrinterColumn(str(col["name"]), str(col.get("type") or "string"), str(col["jsonPath"]),
+                                 str(col.get("description") or ""), priority, str(col.get("format") or "")))
+    return tuple(out)
 
 
 def validate_crd(crd: dict[str, Any]) -> str | None:

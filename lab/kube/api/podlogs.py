@@ -27,6 +27,13 @@ def _containers(pod: dict[str, Any]) -> list[str]:
     return [str(c.get("name")) for c in (pod.get("spec") or {}).get("containers") or [] if isinstance(c, dict)]
 
 
+def pod_dir(root: Path, pod: dict[str, Any]) -> Path:
+    """The node runtime's directory of ``pod`` (``<root>/<spec.nodeName>/pods/<ns>_<name>_<uid>``)."""
+    md = pod["metadata"]
+    node = (pod.get("spec") or {}).get("nodeName") or ""
+    return root / str(node) / "pods" / f"{md.get('namespace', 'default')}_{md['name']}_{md.get('uid', '')}"
+
+
 def log_file(root: Path, pod: dict[str, Any], container: str | None, previous: bool) -> Path:
     """The log file of ``container`` (default: the first one) of ``pod``."""
     md, spec = pod["metadata"], pod.get("spec") or {}
@@ -49,8 +56,7 @@ def log_file(root: Path, pod: dict[str, Any], container: str | None, previous: b
         if restarts == 0:
             raise bad_request(f'previous terminated container "{container}" in pod "{name}" not found')
         restarts -= 1
-    pod_dir = f"{md.get('namespace', 'default')}_{name}_{md.get('uid', '')}"
-    return root / str(node) / "pods" / pod_dir / container / f"{restarts}.log"
+    return pod_dir(root, pod) / container / f"{restarts}.log"
 
 
 def tail(data: bytes, lines: int) -> bytes:

@@ -17,9 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
-from lab.kube.api.discovery import table
 from lab.kube.api.errors import ApiError
 from lab.kube.api.kinds import KindInfo
+from lab.kube.api.printers import table
 from lab.kube.api.store import ObjectStore, Watcher
 
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
@@ -50,8 +50,8 @@ def _bookmark(info: KindInfo, rv: str, annotations: dict[str, str] | None = None
     return _line("BOOKMARK", {"kind": info.kind, "apiVersion": info.api_version, "metadata": md})
 
 
-def _as_table(obj: dict[str, Any]) -> dict[str, Any]:
-    return table([obj], str(obj.get("metadata", {}).get("resourceVersion", "")))
+def _as_table(info: KindInfo, obj: dict[str, Any]) -> dict[str, Any]:
+    return table(info, [obj], str(obj.get("metadata", {}).get("resourceVersion", "")))
 
 
 async def serve_watch(request: web.Request, store: ObjectStore, info: KindInfo, params: WatchParams, *,
@@ -96,7 +96,7 @@ async def _stream(request: web.Request, watcher: Watcher, info: KindInfo, params
                 wait = min(wait, max(deadline - now, 0.0))
             batch = await watcher.next_batch(0.0 if initial_end_due else wait)
             if batch:
-                await resp.write(b"".join(_line(type_, _as_table(obj) if params.as_table else obj)
+                await resp.write(b"".join(_line(type_, _as_table(info, obj) if params.as_table else obj)
                                           for type_, obj in batch))
             if initial_end_due:
                 await resp.write(_bookmark(info, watcher.start_resource_version, {INITIAL_EVENTS_END: "true"}))
@@ -111,7 +111,7 @@ async def _stream(request: web.Request, watcher: Watcher, info: KindInfo, params
                 break
         rest = await watcher.next_batch(0.0)  # e.g. the DELETED events queued before a CRD deletion closed us
         if rest:
-            await resp.write(b"".join(_line(t, _as_table(o) if params.as_table else o) for t, o in rest))
+            await resp.write(b"".join(_line(t, _as_table(info, o) if params.as_table else o) for t, o in rest))
         await resp.write_eof()
     except (ConnectionResetError, ConnectionError):
         pass

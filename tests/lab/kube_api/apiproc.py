@@ -1,4 +1,5 @@
-"""The real ``python -m lab.kube.api`` process on a real etcd, for tests: start, SIGKILL, restart.
+"""The real ``python -m lab.kube.api`` process on a real etcd, for tests: start, SIGKILL, restart; and the
+lab's API front (:class:`FrontThread`) before it.
 
 Each :class:`ApiProcess` keeps one port, one kubeconfig, one TLS directory and one pod-log root
 across restarts, as the lab supervisor would. Every wait is bounded; :meth:`ApiProcess.kill` is
@@ -14,15 +15,18 @@ import select
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client, config
 
 from lab.etcd import EtcdProcess, free_port
+from lab.kube.front import ApiFront
 from meshcore.kvstore.client import EtcdClient
 from meshcore.kvstore.types import KeyValue
 
@@ -156,3 +160,55 @@ def etcd_compact(etcd: EtcdProcess, revision: int) -> None:
             await c.compact(revision, physical=True)
 
     asyncio.run(run())
+
+
+class FrontThread:
+    """An :class:`ApiFront` on its own event loop in a thread (the tests' clients are synchronous)."""
+
+    def __init__(self, api: ApiProcess, *, resume_within: float = 60.0) -> None:
+        self.front = ApiFront(free_port(), api.port, api.tls_dir, resume_within=resume_within)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._error: list[BaseException] = []
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), name="front", daemon=True)
+
+    async def _main(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        try:
+            await self.front.start()
+        except BaseException as e:
+            self._error.append(e)
+            return
+        finally:
+            self._started.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.front.stop()
+
+    def start(self) -> FrontThread:
+        self._thread.start()
+        assert self._started.wait(10), "the front did not start"
+        if self._error:
+            raise self._error[0]
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+        assert not self._thread.is_alive()
+
+    @property
+    def url(self) -> str:
+        return self.front.url
+
+    def write_kubeconfig(self, api: ApiProcess, path: Path) -> Path:
+        doc = yaml.safe_load(api.kubeconfig.read_text())
+        doc["clusters"][0]["cluster"]["server"] = self.url
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    def ssl_context(self, api: ApiProcess) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(api.tls_dir / "ca.crt"))

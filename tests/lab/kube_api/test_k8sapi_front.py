@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import ssl
 import subprocess
 import threading
 import time
@@ -24,9 +23,9 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 from multidict import MultiDict
 
-from lab.etcd import EtcdProcess, free_port
+from lab.etcd import EtcdProcess
 from lab.kube.front import ApiFront, FrontError, WatchProgress, error_event, is_watch
-from tests.lab.kube_api.apiproc import ApiProcess, etcd_compact, etcd_put, etcd_revision
+from tests.lab.kube_api.apiproc import ApiProcess, FrontThread, etcd_compact, etcd_put, etcd_revision
 
 KUBECTL = shutil.which("kubectl")
 T = TypeVar("T")
@@ -40,58 +39,6 @@ def wait_until(check: Callable[[], T | None], within: float = 20.0, what: str = 
             return value
         time.sleep(0.05)
     raise AssertionError(f"{what}: not within {within} s")
-
-
-class FrontThread:
-    """An :class:`ApiFront` on its own event loop in a thread (the tests' clients are synchronous)."""
-
-    def __init__(self, api: ApiProcess, *, resume_within: float = 60.0) -> None:
-        self.front = ApiFront(free_port(), api.port, api.tls_dir, resume_within=resume_within)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._started = threading.Event()
-        self._error: list[BaseException] = []
-        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), name="front", daemon=True)
-
-    async def _main(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        try:
-            await self.front.start()
-        except BaseException as e:
-            self._error.append(e)
-            return
-        finally:
-            self._started.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await self.front.stop()
-
-    def start(self) -> FrontThread:
-        self._thread.start()
-        assert self._started.wait(10), "the front did not start"
-        if self._error:
-            raise self._error[0]
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-        assert not self._thread.is_alive()
-
-    @property
-    def url(self) -> str:
-        return self.front.url
-
-    def write_kubeconfig(self, api: ApiProcess, path: Path) -> Path:
-        doc = yaml.safe_load(api.kubeconfig.read_text())
-        doc["clusters"][0]["cluster"]["server"] = self.url
-        path.write_text(yaml.safe_dump(doc))
-        return path
-
-    def ssl_context(self, api: ApiProcess) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(api.tls_dir / "ca.crt"))
 
 
 @pytest.fixture

@@ -4,11 +4,13 @@ annotate, delete, selectors, and a CRD registered at runtime then upgraded from 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from lab.kube.api import K8sApiServer
 
@@ -40,7 +42,7 @@ def test_get_nodes_and_ciliumnodes(kubectl: Kubectl, k8s_server: K8sApiServer) -
     k8s_server.store.create({"apiVersion": "cilium.io/v2", "kind": "CiliumNode", "metadata": {"name": "node-1"},
                              "spec": {"addresses": [{"type": "InternalIP", "ip": "192.168.0.1"}]}})
     out = kubectl("get", "nodes").stdout
-    assert out.split()[:3] == ["NAME", "AGE", "node-1"]
+    assert out.split()[:7] == ["NAME", "STATUS", "ROLES", "AGE", "VERSION", "node-1", "Unknown"]
     doc = json.loads(kubectl("get", "ciliumnodes", "-o", "json").stdout)
     assert [i["metadata"]["name"] for i in doc["items"]] == ["node-1"]
     assert doc["items"][0]["spec"]["addresses"][0]["ip"] == "192.168.0.1"
@@ -148,4 +150,63 @@ def test_get_watch_prints_new_objects(kubectl: Kubectl, k8s_server: K8sApiServer
     t.start()
     out = kubectl("get", "pods", "-w", "--request-timeout=2s").stdout
     t.join(5)
-    assert out.split() == ["NAME", "AGE", "late", "0s"]
+    assert out.split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "late", "0/0", "Pending", "0", "0s"]
+
+
+def columns(out: str) -> list[list[str]]:
+    """kubectl's table output split into cells (cells are separated by 2+ spaces)."""
+    return [re.split(r"\s{2,}", line.strip()) for line in out.splitlines() if line.strip()]
+
+
+def _running_pod(name: str, node: str, ip: str) -> dict[str, Any]:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"nodeName": node, "containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "x"}]},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                       "conditions": [{"type": "Ready", "status": "False"}],
+                       "containerStatuses": [
+                           {"name": "a", "ready": True, "restartCount": 2, "state": {"running": {"startedAt": now}},
+                            "lastState": {"terminated": {"exitCode": 1, "finishedAt": now}}},
+                           {"name": "b", "ready": False, "restartCount": 0,
+                            "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}}
+
+
+def test_get_pods_wide_shows_kube_apiserver_columns(kubectl: Kubectl, k8s_server: K8sApiServer) -> None:
+    k8s_server.store.create(_running_pod("web", "node-1", "10.1.0.7"), keep_status=True)
+    k8s_server.store.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "new", "namespace": "default"},
+                             "spec": {"containers": [{"name": "a", "image": "x"}]}})
+    rows = columns(kubectl("get", "pods", "-o", "wide").stdout)
+    assert rows[0] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE", "NOMINATED NODE",
+                       "READINESS GATES"]
+    assert rows[1] == ["new", "0/1", "Pending", "0", rows[1][4], "<none>", "<none>", "<none>", "<none>"]
+    web = rows[2]
+    assert web[:3] == ["web", "1/2", "CrashLoopBackOff"] and re.fullmatch(r"2 \(\d+s ago\)", web[3])
+    assert web[5:] == ["10.1.0.7", "node-1", "<none>", "<none>"]
+    assert columns(kubectl("get", "pods").stdout)[0] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    one = columns(kubectl("get", "pod", "web").stdout)  # a single object is a Table too
+    assert one[0] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    assert one[1][:3] == ["web", "1/2", "CrashLoopBackOff"]
+    k8s_server.ensure_kubernetes_service()
+    svc = columns(kubectl("get", "svc", "kubernetes", "-n", "default").stdout)
+    assert svc[0] == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
+    assert svc[1][:5] == ["kubernetes", "ClusterIP", svc[1][2], "<none>", "443/TCP"]
+    assert columns(kubectl("get", "ns").stdout)[1][:2] == ["default", "Active"]
+
+
+def test_get_custom_resources_prints_their_crd_columns(kubectl: Kubectl, tmp_path: Path) -> None:
+    crd = CRD.replace("    storage: true\n", """    storage: true
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+    - {name: Phase, type: string, jsonPath: .status.phase}
+    - {name: Color, type: string, jsonPath: .spec.color, priority: 1}
+    - {name: Age, type: date, jsonPath: .metadata.creationTimestamp}
+""")
+    (tmp_path / "crd.yaml").write_text(crd)
+    kubectl("apply", "-f", str(tmp_path / "crd.yaml"))
+    kubectl("wait", "--for=condition=Established", "crd/widgets.example.com", "--timeout=10s")
+    (tmp_path / "w.yaml").write_text("apiVersion: example.com/v1alpha1\nkind: Widget\nmetadata: {name: w1}\n"
+                                     "spec: {size: 4, color: red}\nstatus: {phase: Ready}\n")
+    kubectl("apply", "-f", str(tmp_path / "w.yaml"))
+    rows = columns(kubectl("get", "widgets").stdout)
+    assert rows[0] == ["NAME", "SIZE", "PHASE", "AGE"] and rows[1][:3] == ["w1", "4", "Ready"]
+    assert columns(kubectl("get", "wd", "-o", "wide").stdout)[0] == ["NAME", "SIZE", "PHASE", "COLOR", "AGE"]
