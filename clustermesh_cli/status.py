@@ -22,6 +22,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from clustermesh_cli.enable.commands import DURATION
+
 __all__ = [
     "DEFAULT_AGENT_SOCKET",
     "AgentUnreachableError",
@@ -215,32 +217,83 @@ def _print(doc: Mapping[str, Any], output: str) -> None:
         click.echo(render_summary(doc))
 
 
+def _given(ctx: click.Context, *params: str) -> list[str]:
+    """The options among ``params`` set on the command line (not left at their defaults)."""
+    out = []
+    for name in params:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source not in (click.core.ParameterSource.DEFAULT,
+                                                 click.core.ParameterSource.DEFAULT_MAP):
+            out.append("--" + name.replace("_", "-"))
+    return out
+
+
 @click.command("status")
 @socket_option
+@click.option("--context", default=None,
+              help="Show the whole mesh of this cluster (kubeconfig context), as cilium-cli's `cilium clustermesh "
+              "status`: the clustermesh-apiserver Deployment and Service, then every node's agent (read with "
+              "kubectl-style exec) and its remote clusters. Without it: this node's agent, by --agent-socket.")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --context: the kubeconfig holding it (default: $KUBECONFIG or ~/.kube/config).")
+@click.option("-n", "--namespace", default="kube-system", show_default=True,
+              help="With --context: the namespace of the install.")
 @click.option("-o", "--output", type=click.Choice(["summary", "table", "json"]), default="summary",
-              show_default=True, help="summary: cilium-dbg's text; table: one row per cluster; json: the "
-              "agent's status document (Cilium's RemoteCluster records under cluster-mesh.clusters).")
-@click.option("--wait", is_flag=True, help="Poll until every remote cluster is ready (exit 1 on timeout).")
+              show_default=True, help="summary: text (cilium-dbg's, or with --context cilium-cli's); table: one row "
+              "per cluster (with --context: per agent and cluster); json: the whole record (the agent's status "
+              "document; with --context the mesh status with every agent's RemoteCluster records).")
+@click.option("--wait", is_flag=True, help="Poll until every remote cluster is ready (with --context: the Deployment "
+              "available and every agent with every peer of the cilium-clustermesh Secret ready); exit 1 at the "
+              "deadline, naming what is not ready.")
+@click.option("--wait-duration", type=DURATION, default=None,
+              help="How long --wait waits, as cilium-cli takes it (90s, 5m, 1m30s). Default: --timeout.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
-              help="Seconds --wait waits.")
+              help="Seconds --wait waits (--wait-duration overrides it).")
 @click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
               help="Seconds between polls with --wait.")
-def status(agent_socket: Path, output: str, wait: bool, timeout: float, interval: float) -> None:
-    """Show whether this node's agent is connected to, and synced with, every remote cluster.
+@click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Seconds one answer of an agent may take (with --context: one agent's exec).")
+@click.pass_context
+def status(ctx: click.Context, agent_socket: Path, context: str | None, kubeconfig: Path | None, namespace: str,
+           output: str, wait: bool, wait_duration: float | None, timeout: float, interval: float,
+           request_timeout: float) -> None:
+    """Show whether the agents are connected to, and synced with, every remote cluster.
 
     \b
-    Exit status: 0 once shown (with --wait: once all are ready), 1 when the agent cannot be
-    reached or --wait timed out (naming what is not ready).
+    Without --context: this node's agent, through its unix socket (--agent-socket).
+    With --context C: the cluster's whole mesh, as `cilium clustermesh status` shows it:
+      clustermesh status --context kind-c1
+      clustermesh status --context kind-c1 --wait --wait-duration 5m
+      clustermesh status --context kind-c1 -o json
+
+    \b
+    Exit status: 0 once shown (with --wait: once all are ready), 1 when the agent (or the
+    cluster's API) cannot be reached or --wait timed out (naming what is not ready), 2 on a
+    usage error.
     """
+    duration = wait_duration if wait_duration is not None else timeout
+    if context is not None:
+        if "--agent-socket" in _given(ctx, "agent_socket"):
+            raise click.UsageError("--agent-socket reads one local agent; --context reads every agent of the "
+                                   "cluster through its API: give one of them")
+        from clustermesh_cli.meshstatus.run import run_status  # its imports are not needed in socket mode
+
+        code = run_status(context, kubeconfig=kubeconfig, namespace=namespace, output=output, wait=wait,
+                          wait_duration=duration, interval=interval, request_timeout=request_timeout)
+        sys.exit(code)
+    misplaced = _given(ctx, "kubeconfig", "namespace")
+    if misplaced:
+        raise click.UsageError(f"{' and '.join(misplaced)} only apply with --context")
     if not wait:
-        _print(agent_get(agent_socket, "/v1/status"), output)
+        _print(agent_get(agent_socket, "/v1/status", timeout=request_timeout), output)
         return
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + duration
     doc: Mapping[str, Any] | None = None
     problem = ""
     while True:
         try:
-            doc = agent_get(agent_socket, "/v1/status", timeout=min(10.0, max(0.5, deadline - time.monotonic())))
+            remaining = max(0.5, deadline - time.monotonic())
+            doc = agent_get(agent_socket, "/v1/status", timeout=min(request_timeout, remaining))
             not_ready = _not_ready(doc)
             problem = "not ready: " + "; ".join(not_ready) if not_ready else ""
         except AgentUnreachableError as err:
@@ -252,6 +305,6 @@ def status(agent_socket: Path, output: str, wait: bool, timeout: float, interval
         if time.monotonic() >= deadline:
             if doc is not None:
                 _print(doc, output)
-            click.echo(f"Error: timed out after {timeout:g}s waiting for the remote clusters; {problem}", err=True)
+            click.echo(f"Error: timed out after {duration:g}s waiting for the remote clusters; {problem}", err=True)
             sys.exit(1)
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
