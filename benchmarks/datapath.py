@@ -10,10 +10,13 @@ Both comparisons are measured in one run, on one machine:
   calls from buffers packed beforehand (:func:`bpf.bench.raw_batch_rate`), the mean of two runs
   bracketing the reconciler's, each on a fresh map in a private pin root.
 - **cross-cluster TCP throughput**: :func:`lab.net.tcp_throughput` from a pod in c1 to a pod in
-  c2 (another node) on a :func:`lab.dpmesh.datapath_mesh`: first over the hand-built VXLAN mesh
-  (:meth:`~lab.net.Topology.hand_built_tunnel`, plain routes + kernel VXLAN device) on the fresh
-  topology before any agent starts, then, with the hand-built mesh removed, over the datapath the
-  four agents programmed. Best of several short runs each (single runs are noisy on shared CPUs).
+  c2 (another node), both ``kubectl apply``-ed into a ``clustermesh lab up --no-mesh`` lab of
+  2 x 2 nodes (:func:`lab.meshtest.meshed_lab`, traffic through ``clustermesh lab exec``): first
+  over a VXLAN mesh built by hand between the two clusters' node namespaces
+  (:func:`lab.meshtest.hand_built_tunnel`: plain routes + a kernel VXLAN device), then, with it
+  removed, over the datapath of the agents that ``clustermesh enable`` and ``connect`` installed
+  on the same lab (:func:`lab.meshtest.enable_mesh`). Best of several short runs each (single
+  runs are noisy on shared CPUs).
 
 The pass marks are DESIGN.md's: reconciler writes at >= 0.5 of the raw batch rate, agent
 datapath throughput >= 0.9 of the hand-built tunnel's. Needs root and bpffs (skipped otherwise).
@@ -22,7 +25,6 @@ datapath throughput >= 0.9 of the hand-built tunnel's. Needs root and bpffs (ski
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,8 +35,8 @@ from agent.desired import IPCacheEntry
 from bpf.bench import raw_batch_rate
 from bpf.layouts import Direction, Reason
 from bpf.maps import NodeMaps
-from lab.dpmesh import datapath_mesh
-from lab.net import Pod, Topology, tcp_throughput
+from lab.meshtest import LabPod, enable_mesh, hand_built_tunnel, meshed_lab, node_links, node_routes, remove_hand_built
+from lab.net import HAND_BUILT_PROTO, names, tcp_throughput
 from lab.prereqs import datapath_unavailable
 from meshcore.log import configure as configure_logging
 from meshcore.reconcile import Reconciler
@@ -115,30 +117,26 @@ def map_writes(entries: int = ENTRIES) -> MapWrites:
         root.rmdir()
 
 
-def _best_runs(src: Pod, dst: Pod, seconds: float, runs: int, port: int) -> list[float]:
+def _best_runs(src: LabPod, dst: LabPod, seconds: float, runs: int, port: int) -> list[float]:
     return [tcp_throughput(src, dst, seconds, port=port + i) for i in range(runs)]
 
 
 def throughput(seconds: float = 3.0, runs: int = 3) -> Throughput:
-    """Hand-built VXLAN first (before the agents start), then the agents' datapath."""
-    hand_built: list[float] = []
-
-    def baseline(topo: Topology, pods: dict[str, Pod]) -> None:
-        topo.hand_built_tunnel()
+    """Hand-built VXLAN first (on the bare lab), then the agents' datapath (the mesh installed on it)."""
+    with meshed_lab(pods=BENCH_PODS, mesh=False, service=False, name_prefix="bd", echo=lambda line: None) as lab:
+        src, dst = lab.pods["src"], lab.pods["dst"]
+        hand_built_tunnel(lab.spec)
         try:
-            hand_built.extend(_best_runs(pods["src"], pods["dst"], seconds, runs, 5601))
+            hand_built = _best_runs(src, dst, seconds, runs, 5601)
         finally:
-            topo.remove_hand_built()
-
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-dp-") as workdir,
-        datapath_mesh(Path(workdir), pods=BENCH_PODS, before_agents=baseline, cgroup_pod=None) as mesh,
-    ):
-        if mesh.topo.hand_built is not None:
-            raise RuntimeError("hand-built mesh still in place while the agents run")
-        src, dst = mesh.pods["src"], mesh.pods["dst"]
+            remove_hand_built(lab.spec)
+        enable_mesh(lab)
+        vx = names.vxlan_ifname(lab.spec.name)
+        for node in lab.spec.nodes:
+            if any(name == vx for name, _ in node_links(node.netns)) or node_routes(node.netns, HAND_BUILT_PROTO):
+                raise RuntimeError(f"hand-built mesh still in place on {node.name} while the agents run")
         agent = _best_runs(src, dst, seconds, runs, 5611)
-        with mesh.maps(mesh.topo.node_of(src)) as maps:
+        with lab.maps(lab.node_of("src").name) as maps:
             to_tunnel = maps.counters().get((Reason.TO_TUNNEL, Direction.EGRESS), (0, 0))[0]
     return Throughput(seconds, hand_built, agent, to_tunnel)
 
@@ -155,7 +153,7 @@ def main(entries: int = ENTRIES, seconds: float = 3.0, runs: int = 3) -> None:
     configure_logging(level="warning")
     console.print(
         f"[bold]datapath[/bold]: ipcache writes of {entries} entries; cross-cluster TCP c1/n0 -> c2/n1 "
-        f"on a 2 x 2 node namespace mesh, best of {runs} x {seconds:g} s runs each"
+        f"on a 2 x 2 lab (clustermesh lab up), best of {runs} x {seconds:g} s runs each"
     )
     writes = map_writes(entries)
     tcp = throughput(seconds, runs)
@@ -188,9 +186,9 @@ def main(entries: int = ENTRIES, seconds: float = 3.0, runs: int = 3) -> None:
     )
     console.print(
         f"TCP: best of {runs} runs of {seconds:g} s each, as single runs are noisy; hand-built VXLAN "
-        f"[{_gbits(tcp.hand_built_bps)}] on the fresh topology before the agents started, agent datapath "
-        f"[{_gbits(tcp.agent_bps)}] after it was removed ({tcp.to_tunnel_packets} packets counted to_tunnel "
-        "egress on the sender's node)."
+        f"[{_gbits(tcp.hand_built_bps)}] between the bare lab's clusters, agent datapath "
+        f"[{_gbits(tcp.agent_bps)}] after it was removed and the mesh enabled and connected on the same lab "
+        f"({tcp.to_tunnel_packets} packets counted to_tunnel egress on the sender's node)."
     )
 
 

@@ -6,10 +6,12 @@ nothing is attached or routed to the host. See :mod:`lab.net.topology` for the l
 """
 
 from lab.net.errors import CommandError, NetnsError, TopologyError
+from lab.net.handbuilt import HAND_BUILT_PROTO
 from lab.net.names import unique_prefix
 from lab.net.nsutil import cleanup_stale, run_in
-from lab.net.topology import HAND_BUILT_PROTO, Cluster, Node, Pod, Topology
+from lab.net.topology import Cluster, Node, Pod, Topology
 from lab.net.traffic import (
+    Endpoint,
     StreamResult,
     StreamRun,
     ping,
@@ -23,6 +25,7 @@ __all__ = [
     "HAND_BUILT_PROTO",
     "Cluster",
     "CommandError",
+    "Endpoint",
     "NetnsError",
     "Node",
     "Pod",

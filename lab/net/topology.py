@@ -28,15 +28,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
 
-from lab.net import names, nsutil
+from lab.net import handbuilt, names, nsutil
 from lab.net.errors import TopologyError
 
-#: Routing protocol number tagging the routes the hand-built modes add (so removal finds them all).
-HAND_BUILT_PROTO = 147
 _NUD_PERMANENT = 0x80
-_NUD_NOARP = 0x40
-_NTF_SELF = 0x02
-_RTNH_F_ONLINK = 4
 
 HandBuilt = Literal["tunnel", "native"]
 
@@ -94,6 +89,10 @@ class Pod:
     mac: str
     host_ifname: str
     host_mac: str
+
+    def exec_argv(self, *argv: str) -> list[str]:
+        """The argv running ``argv`` inside this pod (``ip netns exec``), dying with its parent."""
+        return nsutil.exec_argv(self.ns, *argv)
 
 
 @dataclass
@@ -304,50 +303,13 @@ class Topology:
         """Mesh all nodes' pods by hand over VXLAN (VNI 42, port 8472), like flannel: per node a
         ``vxlan`` device ``<prefix>vx`` on the underlay device with static FDB entries, and per remote
         node ``<its pod /24> via <its /24 network address> dev <prefix>vx onlink`` with a permanent
-        neighbour entry for that next hop carrying the remote VXLAN device's MAC. Idempotent;
-        replaces a native mesh; call again after adding nodes."""
+        neighbour entry for that next hop carrying the remote VXLAN device's MAC
+        (:func:`lab.net.handbuilt.build_tunnel`). Idempotent; replaces a native mesh; call again
+        after adding nodes."""
         self._check_open()
         if self._hand_built == "native":
             self.remove_hand_built()
-        nodes = self.nodes
-        vx_name = names.vxlan_ifname(self.prefix)
-        for node in nodes:
-            with nsutil.iproute(node.ns) as ipr:
-                vx = _existing(ipr, vx_name)
-                if vx is None:
-                    ipr.link(
-                        "add",
-                        ifname=vx_name,
-                        kind="vxlan",
-                        vxlan_id=names.VXLAN_VNI,
-                        vxlan_port=names.VXLAN_PORT,
-                        vxlan_local=str(node.underlay_ip),
-                        vxlan_link=nsutil.ifindex(ipr, node.underlay_ifname),
-                        vxlan_learning=0,
-                    )
-                    vx = nsutil.ifindex(ipr, vx_name)
-                    ipr.link("set", index=vx, address=node.vtep_mac, state="up")
-                for remote in nodes:
-                    if remote == node:
-                        continue
-                    hop = str(remote.pod_cidr.network_address)
-                    ipr.fdb(
-                        "replace",
-                        ifindex=vx,
-                        lladdr=remote.vtep_mac,
-                        dst=str(remote.underlay_ip),
-                        state=_NUD_PERMANENT | _NUD_NOARP,
-                        flags=_NTF_SELF,
-                    )
-                    ipr.neigh("replace", dst=hop, lladdr=remote.vtep_mac, ifindex=vx, state=_NUD_PERMANENT)
-                    ipr.route(
-                        "replace",
-                        dst=str(remote.pod_cidr),
-                        gateway=hop,
-                        oif=vx,
-                        flags=_RTNH_F_ONLINK,
-                        proto=HAND_BUILT_PROTO,
-                    )
+        handbuilt.build_tunnel(self.nodes, names.vxlan_ifname(self.prefix))
         self._hand_built = "tunnel"
 
     def hand_built_native(self) -> None:
@@ -357,34 +319,14 @@ class Topology:
         self._check_open()
         if self._hand_built == "tunnel":
             self.remove_hand_built()
-        nodes = self.nodes
-        for node in nodes:
-            with nsutil.iproute(node.ns) as ipr:
-                ul = nsutil.ifindex(ipr, node.underlay_ifname)
-                for remote in nodes:
-                    if remote != node:
-                        ipr.route(
-                            "replace",
-                            dst=str(remote.pod_cidr),
-                            gateway=str(remote.underlay_ip),
-                            oif=ul,
-                            proto=HAND_BUILT_PROTO,
-                        )
+        handbuilt.build_native(self.nodes)
         self._hand_built = "native"
 
     def remove_hand_built(self) -> None:
         """Take away whichever hand-built mesh is in place (the VXLAN devices and every route tagged
-        with :data:`HAND_BUILT_PROTO`). Idempotent."""
+        with :data:`~lab.net.handbuilt.HAND_BUILT_PROTO`). Idempotent."""
         self._check_open()
-        vx_name = names.vxlan_ifname(self.prefix)
-        for node in self.nodes:
-            with nsutil.iproute(node.ns) as ipr:
-                vx = _existing(ipr, vx_name)
-                if vx is not None:
-                    ipr.link("del", index=vx)
-                for route in ipr.get_routes(family=2, proto=HAND_BUILT_PROTO):
-                    with contextlib.suppress(Exception):  # gone with the VXLAN device meanwhile
-                        ipr.route("del", **_route_key(route))
+        handbuilt.remove(self.nodes, names.vxlan_ifname(self.prefix))
         self._hand_built = None
 
     def iproute(self, ns: str | nsutil.InNamespace) -> contextlib.AbstractContextManager[Any]:
@@ -464,13 +406,3 @@ def _existing(ipr: Any, ifname: str) -> int | None:
     found = ipr.link_lookup(ifname=ifname)
     return int(found[0]) if found else None
 
-
-def _route_key(route: Any) -> dict[str, Any]:
-    key: dict[str, Any] = {
-        "dst": f"{route.get('dst') or '0.0.0.0'}/{route['dst_len']}",
-        "table": route.get("table"),
-        "proto": route["proto"],
-    }
-    if route.get("oif") is not None:
-        key["oif"] = route.get("oif")
-    return key

@@ -1,6 +1,8 @@
 """Test traffic between lab pods: ping, a paced TCP echo stream that exposes stalls and loss, and a
-TCP throughput measurement. All of it runs inside the pods' namespaces (``ip netns exec``) with the
-stand-alone :mod:`lab.net.trafficd` script and this interpreter, and every wait is bounded.
+TCP throughput measurement. All of it runs inside the pods (:class:`Endpoint`: a
+:class:`~lab.net.topology.Pod` runs commands with ``ip netns exec``, a pod of a running lab with
+``clustermesh lab exec``) with the stand-alone :mod:`lab.net.trafficd` script and this
+interpreter, and every wait is bounded.
 """
 
 from __future__ import annotations
@@ -15,33 +17,45 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from lab.net import nsutil
 from lab.net.errors import CommandError
-from lab.net.topology import Pod
 
 TRAFFICD = str(Path(__file__).with_name("trafficd.py"))
 DEFAULT_PORT = 5201
 #: Extra seconds the endpoints get beyond the traffic itself (start-up, connect, drain).
 SLACK = 5.0
+#: Seconds a server gets to say it is listening (a `clustermesh lab exec` starts Python first).
+READY_WITHIN = 15.0
 
 
-def ping(src: Pod, dst_ip: str | ipaddress.IPv4Address, *, count: int = 1, timeout: float = 1.0) -> bool:
+class Endpoint(Protocol):
+    """Where traffic starts or ends: a pod with an IPv4 address that runs commands inside itself."""
+
+    @property
+    def ip(self) -> ipaddress.IPv4Address: ...
+
+    def exec_argv(self, *argv: str) -> list[str]:
+        """The argv running ``argv`` inside the pod (network namespace at least), dying with its parent."""
+        ...
+
+
+_E = TypeVar("_E", bound=Endpoint)
+
+
+def ping(src: Endpoint, dst_ip: str | ipaddress.IPv4Address, *, count: int = 1, timeout: float = 1.0) -> bool:
     """Whether ``count`` pings from ``src`` to ``dst_ip`` all get answers (each waits ``timeout`` s)."""
+    argv = src.exec_argv("ping", "-n", "-q", "-c", str(count), "-W", f"{timeout:g}", "-i", "0.2", str(dst_ip))
     try:
-        proc = nsutil.run_in(
-            src.ns, "ping", "-n", "-q", "-c", str(count), "-W", f"{timeout:g}", "-i", "0.2", str(dst_ip),
-            timeout=count * (timeout + 0.2) + 5, check=False,
-        )  # fmt: skip
-    except CommandError:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=count * (timeout + 0.2) + SLACK + 5)
+    except subprocess.TimeoutExpired:
         return False
     return proc.returncode == 0
 
 
 def ping_matrix(
-    pods: Iterable[Pod], targets: Iterable[Pod] | None = None, *, timeout: float = 1.0, workers: int = 64
-) -> dict[tuple[Pod, Pod], bool]:
+    pods: Iterable[_E], targets: Iterable[_E] | None = None, *, timeout: float = 1.0, workers: int = 64
+) -> dict[tuple[_E, _E], bool]:
     """Ping every target pod from every pod (not itself), up to ``workers`` at a time; returns
     ``{(src, dst): answered}``."""
     srcs = list(pods)
@@ -90,18 +104,18 @@ class StreamResult:
         )
 
 
-def _trafficd(ns: str, *args: str) -> list[str]:
-    return nsutil.exec_argv(ns, sys.executable, "-I", "-S", TRAFFICD, *args)
+def _trafficd(pod: Endpoint, *args: str) -> list[str]:
+    return pod.exec_argv(sys.executable, "-I", "-S", TRAFFICD, *args)
 
 
-def _start_server(pod: Pod, mode: str, port: int, budget: float) -> subprocess.Popen[str]:
+def _start_server(pod: Endpoint, mode: str, port: int, budget: float) -> subprocess.Popen[str]:
     """Start a server in ``pod`` and wait (bounded) for its ``ready`` line."""
-    argv = _trafficd(pod.ns, mode, "--port", str(port), "--deadline", f"{budget:.3f}")
+    argv = _trafficd(pod, mode, "--port", str(port), "--deadline", f"{budget:.3f}")
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)
-        ready = sel.select(timeout=SLACK)
+        ready = sel.select(timeout=READY_WITHIN)
     line = proc.stdout.readline() if ready else ""
     if line.strip() != "ready":
         _stop(proc)
@@ -139,12 +153,14 @@ def _last_json(text: str) -> dict[str, Any]:
 class StreamRun:
     """A TCP echo stream in progress (see :func:`start_tcp_stream`); :meth:`result` collects it."""
 
-    def __init__(self, server_pod: Pod, client_pod: Pod, port: int, seconds: float, client_args: list[str]) -> None:
+    def __init__(
+        self, server_pod: Endpoint, client_pod: Endpoint, port: int, seconds: float, client_args: list[str]
+    ) -> None:
         budget = seconds + SLACK
         self._budget = budget
         self._server = _start_server(server_pod, "echo-server", port, budget + 1)
         argv = _trafficd(
-            client_pod.ns, "stream-client", "--host", str(server_pod.ip), "--port", str(port),
+            client_pod, "stream-client", "--host", str(server_pod.ip), "--port", str(port),
             "--seconds", str(seconds), "--deadline", f"{budget:.3f}", *client_args,
         )  # fmt: skip
         try:
@@ -176,8 +192,8 @@ class StreamRun:
 
 
 def start_tcp_stream(
-    server_pod: Pod,
-    client_pod: Pod,
+    server_pod: Endpoint,
+    client_pod: Endpoint,
     port: int = DEFAULT_PORT,
     seconds: float = 3.0,
     *,
@@ -195,8 +211,8 @@ def start_tcp_stream(
 
 
 def tcp_stream(
-    server_pod: Pod,
-    client_pod: Pod,
+    server_pod: Endpoint,
+    client_pod: Endpoint,
     port: int = DEFAULT_PORT,
     seconds: float = 3.0,
     *,
@@ -218,13 +234,15 @@ def tcp_stream(
     ).result()
 
 
-def tcp_throughput(client_pod: Pod, server_pod: Pod, seconds: float = 3.0, *, port: int = DEFAULT_PORT + 1) -> float:
+def tcp_throughput(
+    client_pod: Endpoint, server_pod: Endpoint, seconds: float = 3.0, *, port: int = DEFAULT_PORT + 1
+) -> float:
     """Bulk TCP from ``client_pod`` to ``server_pod`` for ``seconds`` s; bits per second as
     received by the server (first byte to end of stream). Raises :class:`CommandError` on failure."""
     budget = seconds + SLACK
     server = _start_server(server_pod, "sink-server", port, budget + 1)
     argv = _trafficd(
-        client_pod.ns, "bulk-client", "--host", str(server_pod.ip), "--port", str(port),
+        client_pod, "bulk-client", "--host", str(server_pod.ip), "--port", str(port),
         "--seconds", str(seconds), "--deadline", f"{budget:.3f}",
     )  # fmt: skip
     try:

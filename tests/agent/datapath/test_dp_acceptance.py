@@ -1,129 +1,104 @@
-"""Issue 5 acceptance, all real: a lab.net Topology of 2 clusters x 2 nodes with pods, one etcd
-per cluster, a Kubernetes API emulator per cluster (CiliumNetworkPolicy and the global Service with
-its affinity annotation), and one ``clustermesh-agent --datapath bpf`` process per node, run inside
-its node namespace (``ip netns exec``), with a clustermesh config dir naming the OTHER cluster's
-etcd and ``--kvstore-config`` its own.
-
-Each cluster's etcd is seeded with Cilium-format records (meshcore.wire) of the topology's nodes,
-pods (ipcache pairs with HostIP = node underlay IP), identities and the global service, as a
-clustermesh-apiserver in kubernetes mode would export them (the apiserver itself is not run here).
-etcd and the emulators listen on the host's loopback; a forwarder makes each port reachable as the
-same loopback port inside each node namespace (the machinery is :mod:`lab.dpmesh`). Nothing is routed by hand: no
-hand-built routes or VXLAN devices exist while the agents run.
+"""Issue 5 acceptance (a-d), on a lab: ``clustermesh lab up --clusters 2 --nodes 2`` installs the
+mesh with the user's commands (the clustermesh-apiserver and one ``clustermesh-agent --datapath
+bpf`` per node are pods of the install manifests), and the test's pods, the global Service
+``echo`` (affinity annotation) and the CiliumNetworkPolicy arrive with ``kubectl apply``
+(:func:`lab.meshtest.meshed_lab`). Every record the agents program comes from the API servers
+exporting the clusters' Kubernetes objects; nothing is seeded and nothing is routed by hand.
+Traffic runs in the pods with ``clustermesh lab exec``.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import ipaddress
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import pytest
 
+from agent.datapath.node import DEFAULT_TUNNEL_DEVICE
 from bpf.layouts import Direction, Reason
-from lab.dpmesh import (
-    ECHO_PORT,
-    FRONTEND,
+from lab.driver import LabCommandError
+from lab.meshtest import (
+    AGENT_NAMESPACE,
     PODS,
-    Mesh,
-    apply_policy_and_wait,
-    datapath_mesh,
-    k8s_request,
-    node_name,
-    poll_until_sync,
+    SERVICE_PORT,
+    MeshLab,
+    meshed_lab,
+    node_links,
+    node_routes,
+    poll_until,
     web_from_c2_frontend_policy,
 )
-from lab.net import Pod, ping, start_tcp_stream, tcp_stream
-from lab.net.topology import Node
+from lab.net import ping, start_tcp_stream, tcp_stream
 
-PROJECT = Path(__file__).resolve().parents[3]
-
-
-def set_affinity(mesh: Mesh, affinity: str) -> None:
-    api = mesh.apis["c1"]
-    current = k8s_request(api, "GET", "/api/v1/namespaces/default/services/echo")
-    current["metadata"]["annotations"]["service.cilium.io/affinity"] = affinity
-    k8s_request(api, "PUT", "/api/v1/namespaces/default/services/echo", current)
+pytestmark = pytest.mark.timeout(900)
 
 
-def _echo_server(pod: Pod) -> subprocess.Popen[bytes]:
-    code = (
-        "import socket,time\n"
-        "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-        f"s.bind(('0.0.0.0',{ECHO_PORT})); s.listen(64); s.settimeout(1); end=time.time()+600\n"
-        "while time.time()<end:\n"
-        "    try: c,_=s.accept()\n"
-        "    except OSError: continue\n"
-        f"    c.sendall(b'{pod.name}'); c.close()\n"
-    )
-    return subprocess.Popen(["ip", "netns", "exec", pod.ns, sys.executable, "-c", code])
+@pytest.fixture(scope="module")
+def mesh() -> Iterator[MeshLab]:
+    """A meshed 2 x 2 lab with :data:`lab.meshtest.PODS` programmed by every agent."""
+    with meshed_lab(pods=PODS, name_prefix="da") as lab:
+        yield lab
 
 
-def lb_client(mesh: Mesh, tries: int = 30) -> list[str]:
-    """Connect ``tries`` times from the client pod (in the LB cgroup) to the frontend."""
+def lb_client(mesh: MeshLab, tries: int = 30) -> list[str]:
+    """Connect ``tries`` times from the client pod (in its cgroup, below the agent's socket-LB
+    cgroup) to c1's ClusterIP of ``echo``; the name of each answering pod (``lab echo``'s TCP mode)."""
     code = (
         "import socket\n"
         f"for _ in range({tries}):\n"
         "    try:\n"
-        f"        c=socket.create_connection(('{FRONTEND}',80),timeout=2)\n"
-        "        print(c.recv(64).decode() or '-'); c.close()\n"
+        f"        c=socket.create_connection(('{mesh.frontends['c1']}',{SERVICE_PORT}),timeout=2)\n"
+        "        c.sendall(b'who\\n'); line=c.makefile().readline(); c.close()\n"
+        "        print(line.split(':')[0].split()[-1] if line else '-')\n"
         "    except OSError as e: print('error:'+str(e.errno))\n"
     )
-    shell = f'echo $$ > {mesh.cgroup}/cgroup.procs && exec ip netns exec {mesh.pods["client"].ns} "$0" -c "$1"'
-    out = subprocess.run(["sh", "-c", shell, sys.executable, code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(mesh.pods["client"].exec_argv(sys.executable, "-c", code), capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
     return out.stdout.split()
 
 
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    """The whole mesh (see :func:`lab.dpmesh.datapath_mesh`), with echo servers on the echo pods."""
-    with datapath_mesh(tmp_path_factory.mktemp("dpmesh"), pods=PODS) as built:
-        for name in ("echo1", "echo2"):
-            built.servers.append(_echo_server(built.pods[name]))
-        yield built
-
-
-def _clustermesh(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "clustermesh_cli.main", *args], cwd=PROJECT, capture_output=True, text=True, timeout=60
-    )
-
-
-def test_a_cross_cluster_pod_to_pod_tcp(mesh: Mesh) -> None:
-    # No hand-built mesh: only the agents' VXLAN devices exist.
-    assert mesh.topo.hand_built is None
+def test_a_cross_cluster_pod_to_pod_tcp(mesh: MeshLab) -> None:
+    # No hand-built mesh: in every node namespace the only VXLAN device is the agent's, and no
+    # route leads to the other cluster's pods (the lab routes only within a cluster).
+    for node in mesh.spec.nodes:
+        vxlans = [link for link in node_links(node.netns) if link[1] == "vxlan"]
+        assert vxlans == [(DEFAULT_TUNNEL_DEVICE, "vxlan")], (node.name, vxlans)
+        other = next(c for c in mesh.spec.clusters if c.name != node.cluster)
+        towards = [r for r in node_routes(node.netns)
+                   if ipaddress.ip_network(r[0]).overlaps(ipaddress.ip_network(other.pod_cidr))]
+        assert not towards, (node.name, towards)
     result = tcp_stream(mesh.pods["echo1"], mesh.pods["echo2"], seconds=2)
     assert result.ok, result
     result = tcp_stream(mesh.pods["frontend"], mesh.pods["client"], port=5301, seconds=2)
     assert result.ok, result
-    with mesh.maps(mesh.topo.node_of(mesh.pods["echo1"])) as maps:
+    with mesh.maps(mesh.node_of("echo1").name) as maps:
         counters = maps.counters()
     assert counters.get((Reason.TO_TUNNEL, Direction.EGRESS), (0, 0))[0] > 0
     assert counters.get((Reason.FROM_TUNNEL, Direction.INGRESS), (0, 0))[0] > 0
 
 
-def test_b_policy_admits_only_frontend_from_c2(mesh: Mesh) -> None:
+def test_b_policy_admits_only_frontend_from_c2(mesh: MeshLab) -> None:
     web = mesh.pods["web"]
     assert ping(mesh.pods["backend"], web.ip, count=1, timeout=2)  # no policy yet
-    web_node = apply_policy_and_wait(mesh, web_from_c2_frontend_policy(), "web")
+    web_node = mesh.apply_policy_and_wait(web_from_c2_frontend_policy(), "web")
     result = tcp_stream(web, mesh.pods["frontend"], port=5401, seconds=1)
     assert result.ok, result
     assert not ping(mesh.pods["backend"], web.ip, count=2, timeout=1)
     blocked = tcp_stream(web, mesh.pods["backend"], port=5402, seconds=1, connect_timeout=2)
     assert not blocked.ok
-    out = _clustermesh("bpf", "dump", "counters", "--node", node_name(web_node), "--pin-root", str(mesh.pin_root),
-                       "-o", "json")  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    counters = {(c["reason"], c["direction"]): c["packets"] for c in json.loads(out.stdout)}
+    counters = {(c["reason"], c["direction"]): c["packets"] for c in mesh.bpf_dump("counters", web_node.name)}
     assert counters.get(("policy_default_deny", "ingress"), 0) > 0, counters
 
 
-def test_c_global_service_affinity(mesh: Mesh) -> None:
-    node = mesh.topo.node_of(mesh.pods["client"])
+def test_c_global_service_affinity(mesh: MeshLab) -> None:
+    node = mesh.node_of("client").name
 
     def affinity_is(value: int) -> Callable[[], bool]:
         def check() -> bool:
@@ -134,15 +109,15 @@ def test_c_global_service_affinity(mesh: Mesh) -> None:
 
     seen = {}
     for name, value in (("local", 1), ("remote", 2), ("none", 0)):
-        set_affinity(mesh, name)
-        assert poll_until_sync(affinity_is(value), within=20), mesh.agent_of("client").tail()
+        mesh.set_affinity(name)
+        assert poll_until(affinity_is(value), within=30), mesh.agent_log(node)
         seen[name] = set(lb_client(mesh))
     assert seen["local"] == {"echo1"}, seen
     assert seen["remote"] == {"echo2"}, seen
     assert seen["none"] == {"echo1", "echo2"}, seen
 
 
-def _snapshot(mesh: Mesh, node: Node) -> dict[str, Any]:
+def _snapshot(mesh: MeshLab, node: str) -> dict[str, Any]:
     with mesh.maps(node) as maps:
         return {
             "ipcache": sorted((bytes(k), bytes(v)) for k, v in maps.ipcache.items()),
@@ -153,25 +128,38 @@ def _snapshot(mesh: Mesh, node: Node) -> dict[str, Any]:
         }
 
 
+def _restarts(pod: dict[str, Any]) -> int:
+    return sum(int(s.get("restartCount", 0)) for s in (pod.get("status") or {}).get("containerStatuses") or [])
+
+
+def _restarted_in_place(mesh: MeshLab, node: str, pod: dict[str, Any]) -> bool:
+    """The agent pod of ``node`` is still ``pod`` (same UID) and its container has restarted since."""
+    with contextlib.suppress(LabCommandError):
+        now = mesh.agent_pod(node)
+        return now["metadata"]["uid"] == pod["metadata"]["uid"] and _restarts(now) > _restarts(pod)
+    return False
+
+
 @pytest.mark.slow
-def test_d_sigkill_during_stream_keeps_traffic_and_resyncs_without_deletes(mesh: Mesh) -> None:
+def test_d_sigkill_during_stream_keeps_traffic_and_resyncs_without_deletes(mesh: MeshLab) -> None:
     server, client = mesh.pods["echo1"], mesh.pods["frontend"]
-    victims = [mesh.agent_of("echo1"), mesh.agent_of("frontend")]
-    before = {a.node.ns: _snapshot(mesh, a.node) for a in victims}
+    victims = [mesh.node_of("echo1").name, mesh.node_of("frontend").name]
+    before = {node: _snapshot(mesh, node) for node in victims}
+    pods = {node: mesh.agent_pod(node) for node in victims}
     run = start_tcp_stream(server, client, port=5501, seconds=30, gap_threshold=0.5)
     time.sleep(5)
-    for agent in victims:
-        assert agent.proc is not None
-        agent.proc.kill()  # SIGKILL
-        agent.proc.wait(5)
-    time.sleep(5)
-    for agent in victims:
-        agent.start()
-    mesh.wait_ready(victims, within=90)
+    killed_at = time.time()
+    for node, pod in pods.items():  # SIGKILL of every process of the agent pod (its cgroup)
+        mesh.driver.fault("kill", "--context", mesh.spec.node(node).cluster,
+                          f"pod/{AGENT_NAMESPACE}/{pod['metadata']['name']}")  # fmt: skip
+    # restartPolicy Always: the node runtime starts the agent container again, in the same pod
+    for node, pod in pods.items():
+        assert poll_until(partial(_restarted_in_place, mesh, node, pod), within=60), (node, mesh.agent_log(node))
+    mesh.wait_agents(victims, within=120, started_after=killed_at)
     result = run.result()
     assert result.ok, result
-    for agent in victims:
-        dp = agent.status()["datapath"]
+    for node in victims:
+        dp = mesh.agent_status(node)["datapath"]
         deletes = {name: r["deletes"] for name, r in dp["reconcilers"].items()}
         assert set(deletes.values()) == {0}, deletes
-        assert _snapshot(mesh, agent.node) == before[agent.node.ns]
+        assert _snapshot(mesh, node) == before[node]
