@@ -36,7 +36,20 @@ spec:
     metadata: {labels: {app: web}}
     spec:
       containers:
-        - {name: web, image: ghcr.io/clustermesh-py/lab:latest, command: ["sleep", "3600"]}
+        - name: web
+          image: ghcr.io/clustermesh-py/lab:latest
+          command: ["clustermesh", "lab", "echo", "--port", "8080"]
+          env:
+            - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+          readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+"""
+CLIENT = """
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: default}
+spec:
+  containers:
+    - {name: client, image: ghcr.io/clustermesh-py/lab:latest, command: ["sleep", "infinity"]}
 """
 
 
@@ -125,6 +138,34 @@ def test_a_deployment_applied_in_c2_lands_in_the_ipcache_of_c1s_nodes(meshed: La
             assert row["cluster-id"] == 2 and "remote-cluster" in row["flags"], row
             assert row["tunnel-endpoint"] in {n.internal_ip for n in meshed.spec.cluster("c2").nodes}, row
     assert time.monotonic() - t0 < 60
+
+
+def test_the_new_pods_are_reachable_from_c1_and_disconnect_drains_them(meshed: LabDriver) -> None:
+    meshed.kubectl("c1", "apply", "-f", "-", stdin=CLIENT)
+    wait_for(lambda: any(running_ready(p) for p in meshed.pods("c1") if p["metadata"]["name"] == "client"),
+             within=30, what="client Running in c1")
+    web = wait_for(lambda: (lambda ps: ps if len(ps) == 2 else None)(
+        [p for p in meshed.pods("c2", "app=web") if running_ready(p)]), within=30, what="web pods Ready in c2")
+    for pod in web:
+        answer = json.loads(meshed.exec("c1", "client", "curl", "-s", "-m", "5",
+                                        f"http://{pod['status']['podIP']}:8080/").stdout)
+        assert (answer["cluster"], answer["pod"]) == ("c2", pod["metadata"]["name"]), answer
+    ips = {f"{p['status']['podIP']}/32" for p in web}
+    kubeconfig = ["--kubeconfig", str(meshed.kubeconfig)]
+    _run("disconnect", "--context", meshed.context("c1"), "--destination-context", meshed.context("c2"), *kubeconfig)
+    try:
+        for node in ("c1-n0", "c1-n1"):
+            wait_for(lambda node=node: not ips & set(_ipcache(meshed, node)), within=30, interval=0.5,
+                     what=f"c2's pods drained from {node}'s ipcache")
+        blocked = meshed.exec("c1", "client", "curl", "-s", "-m", "2",
+                              f"http://{web[0]['status']['podIP']}:8080/", check=False)
+        assert blocked.returncode != 0, "c1 still reaches c2's pods after disconnect"
+    finally:
+        _run("connect", "--context", meshed.context("c1"), "--destination-context", meshed.context("c2"),
+             *kubeconfig)
+    for node in ("c1-n0", "c1-n1"):
+        wait_for(lambda node=node: ips <= set(_ipcache(meshed, node)), within=60, interval=0.5,
+                 what=f"c2's pods back in {node}'s ipcache after connect")
 
 
 def test_lab_down_leaves_nothing(meshed: LabDriver) -> None:
