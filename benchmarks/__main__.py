@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks import agent_scale, apiserver, datapath, kvstore
+from benchmarks import agent_scale, apiserver, datapath, kvstore, mesh_propagation
 from benchmarks import lab as lab_bench
 
 
@@ -19,6 +19,7 @@ def main() -> None:
     agent_scale.main()
     datapath.main()
     lab_bench.main()
+    mesh_propagation.main()
 
 
 if __name__ == "__main__":

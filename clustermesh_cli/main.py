@@ -46,7 +46,8 @@ def cli(log_level: str, log_json: bool) -> None:
       clustermesh wire --help          what the kvstore values look like
       clustermesh wire encode -h       turn a JSON value into Cilium's exact bytes
       clustermesh wire decode -h       check a value read from etcd, pretty-printed
-      clustermesh demo                 two clusters' etcds, one exporting, one reading
+      clustermesh demo                 the product tour: a lab, enable, connect, traffic, policy
+      clustermesh demo kvstore         two clusters' etcds, one exporting, one reading
 
     Exit status: 0 on success, 1 when the input is invalid, 2 on a usage error.
     """

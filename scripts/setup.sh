@@ -30,7 +30,7 @@ DEB_PACKAGES=(
     wireguard-tools wireguard-go       # wg(8) and userspace WireGuard (no kernel module here)
     bpftool python3-bpfcc clang        # BPF programs compiled by bcc at agent start
     linux-headers-amd64                # bcc needs kernel headers; the 6.1 ones serve this kernel
-    iproute2 tcpdump iputils-ping      # namespaces, veths, routes; wire checks
+    iproute2 tcpdump iputils-ping curl # namespaces, veths, routes; wire checks; requests in lab pods
     nftables                           # lab faults: partitions are drop rules in lab namespaces
     shellcheck                         # tests lint the kind-configs scripts
 )
