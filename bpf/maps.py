@@ -15,7 +15,8 @@ import ctypes
 import errno
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
@@ -174,12 +175,24 @@ class PinnedMap(Generic[K, V]):
         """Like :meth:`update_many` with keys and values already packed (``bytes(struct)`` or
         the bulk packers of :mod:`bpf.layouts`): the fast path for large syncs."""
         pairs = items if isinstance(items, list) else list(items)
+        if not pairs:
+            return 0
+        keys, values = zip(*pairs, strict=True)
+        return self.update_columns(keys, values)
+
+    def update_columns(self, keys: Sequence[bytes], values: Sequence[bytes]) -> int:
+        """Write ``keys[i] -> values[i]`` (both packed, in the map's layout), in batches, in the
+        order given: the bulk path without a tuple per element. Returns how many were written.
+
+        Order matters for speed: an LPM trie insert in key order walks a cache-hot path and runs
+        about twice as fast as one in hash order."""
+        if len(keys) != len(values):
+            raise MapError(f"{self.spec.name}: {len(keys)} keys but {len(values)} values")
         total = 0
-        for start in range(0, len(pairs), BATCH_CHUNK):
-            chunk = pairs[start : start + BATCH_CHUNK]
-            keys = b"".join([k for k, _ in chunk])
-            values = b"".join([v for _, v in chunk])
-            total += self.update_raw(keys, values, len(chunk))
+        for start in range(0, len(keys), BATCH_CHUNK):
+            end = start + BATCH_CHUNK
+            count = min(BATCH_CHUNK, len(keys) - start)
+            total += self.update_raw(b"".join(keys[start:end]), b"".join(values[start:end]), count)
         return total
 
     def update_raw(self, keys: bytes, values: bytes, count: int) -> int:
@@ -188,8 +201,8 @@ class PinnedMap(Generic[K, V]):
             raise MapError(f"{self.spec.name}: packed buffers do not hold {count} elements of this layout")
         if count == 0:
             return 0
-        kbuf = ctypes.create_string_buffer(keys, len(keys))
-        vbuf = ctypes.create_string_buffer(values, len(values))
+        kbuf = _c_bytes(keys)
+        vbuf = _c_bytes(values)
         if self._batch_update:
             try:
                 return syscall.map_update_batch(self.fd, kbuf, vbuf, count)
@@ -249,43 +262,68 @@ class PinnedMap(Generic[K, V]):
 
     def items(self) -> Iterator[tuple[K, V]]:
         """Every ``(key, value)``: ``LOOKUP_BATCH`` where supported, else key walk plus lookups."""
-        if self.spec.per_cpu:
-            raise MapError(f"{self.spec.name} is per-CPU: use get_percpu() or NodeMaps.counters()")
+        self._no_percpu()
         if self._batch_lookup:
-            try:
-                yield from self._items_batched()
-                return
-            except OSError as exc:
-                if not _unsupported(exc):
-                    raise
-                self._batch_lookup = False
+            key_type, value_type = self.key_type, self.value_type
+            for k, v in self.items_packed():
+                yield key_type.from_buffer_copy(k), value_type.from_buffer_copy(v)
+            return
         for key in self.keys():
             value = self.get(key)
             if value is not None:
                 yield key, value
 
-    def _items_batched(self) -> Iterator[tuple[K, V]]:
+    def items_packed(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every ``(key, value)`` as packed bytes (``bytes(key), bytes(value)`` of :meth:`items`,
+        without the ctypes objects): the bulk read of a reconciler's first run."""
+        self._no_percpu()
+        if not self._batch_lookup:
+            return ((bytes(k), bytes(v)) for k, v in self.items())
+        return chain.from_iterable(self._batches_raw())
+
+    def _batches_raw(self) -> Iterator[Iterator[tuple[bytes, bytes]]]:
+        """``LOOKUP_BATCH`` rounds, each as packed ``(key, value)`` slices. When the kernel lacks
+        the command for this map type (known at the first round, before anything was yielded),
+        clears ``_batch_lookup`` and yields the key walk instead."""
         n = 4096
-        token = max(self._ksize, 8)
-        kbuf = ctypes.create_string_buffer(n * self._ksize)
-        vbuf = ctypes.create_string_buffer(n * self._vsize)
+        ks, vs = self._ksize, self._vsize
+        token = max(ks, 8)
+        kbuf = ctypes.create_string_buffer(n * ks)
+        vbuf = ctypes.create_string_buffer(n * vs)
         in_batch: ctypes.Array[ctypes.c_char] | None = None
         out_batch = ctypes.create_string_buffer(token)
         more = True
         rounds = self.spec.max_entries // n + 16
         while more and rounds > 0:
             rounds -= 1
-            done, more = syscall.map_lookup_batch(self.fd, in_batch, out_batch, kbuf, vbuf, n)
+            try:
+                done, more = syscall.map_lookup_batch(self.fd, in_batch, out_batch, kbuf, vbuf, n)
+            except OSError as exc:
+                if in_batch is not None or not _unsupported(exc):
+                    raise
+                self._batch_lookup = False
+                yield ((bytes(k), bytes(v)) for k, v in self.items())
+                return
             kraw, vraw = kbuf.raw, vbuf.raw
-            for i in range(done):
-                yield (
-                    self.key_type.from_buffer_copy(kraw, i * self._ksize),
-                    self.value_type.from_buffer_copy(vraw, i * self._vsize),
-                )
+            yield zip(
+                [kraw[o : o + ks] for o in range(0, done * ks, ks)],
+                [vraw[o : o + vs] for o in range(0, done * vs, vs)],
+                strict=True,
+            )
             in_batch, out_batch = out_batch, ctypes.create_string_buffer(token)
+
+    def _no_percpu(self) -> None:
+        if self.spec.per_cpu:
+            raise MapError(f"{self.spec.name} is per-CPU: use get_percpu() or NodeMaps.counters()")
 
     def __len__(self) -> int:
         return sum(1 for _ in self.keys())
+
+
+def _c_bytes(data: bytes) -> ctypes.Array[ctypes.c_char]:
+    """``data`` as a ctypes array for a syscall that only reads it: ``from_buffer_copy`` (one
+    memcpy, no zero fill)."""
+    return (ctypes.c_char * len(data)).from_buffer_copy(data)
 
 
 def _buf(obj: ctypes.Structure) -> ctypes.Array[ctypes.c_char]:

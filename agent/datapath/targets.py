@@ -101,17 +101,20 @@ def ipcache_desired(entries: Iterable[IPCacheEntry], *, native: bool = False) ->
 
 
 class IPCacheTarget:
-    """The ``ipcache`` LPM trie as packed bytes."""
+    """The ``ipcache`` LPM trie as packed bytes (a :class:`~meshcore.reconcile.ColumnTarget`:
+    the reconciler hands it keys and values as two lists, written in that order)."""
 
     def __init__(self, maps: NodeMaps) -> None:
         self._map = maps.ipcache
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
-        for k, v in self._map.items():
-            yield bytes(k), bytes(v)
+        return self._map.items_packed()
 
     def update_many(self, items: list[tuple[bytes, bytes]]) -> None:
         self._map.update_packed(items)
+
+    def update_columns(self, keys: list[bytes], values: list[bytes]) -> None:
+        self._map.update_columns(keys, values)
 
     def delete_many(self, keys: list[bytes]) -> None:
         self._map.delete_packed(keys)
