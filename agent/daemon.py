@@ -1,9 +1,14 @@
 """The agent process: the composition root of the control plane.
 
 :class:`Agent` wires the remote-cluster layer (:class:`~meshcore.clustermesh.remote.ClusterMesh`,
-one :class:`~agent.remote.AgentRemoteWork` per remote) to the caches, recomputes the desired state
-when they change (debounced: a full sync is hundreds of thousands of changes), waits for the
-initial sync under the ``--clustermesh-sync-timeout`` circuit breaker, and serves the local API.
+one :class:`~agent.remote.AgentRemoteWork` per remote) to the caches, waits for the initial sync
+under the ``--clustermesh-sync-timeout`` circuit breaker, and serves the local API.
+
+The change path (:meth:`Agent._follow_changes`) is one loop: after the initial sync the desired
+state is loaded whole from the caches (the full rebuild), then changes enter at one place
+(:meth:`~agent.caches.MeshCaches.next_changes`: per-key, coalesced), each is applied to the
+:class:`~agent.incremental.DesiredIndex`, and the resulting delta leaves at one place
+(:meth:`Agent._publish`) for the datapath. The cost of a change is the change's, not the mesh's.
 
 Stopping (cancellation, SIGTERM) drains nothing: what the datapath holds must survive an agent
 restart, which resyncs by mark-and-sweep.
@@ -12,23 +17,27 @@ restart, which resyncs by mark-and-sweep.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 from agent.api import AgentAPI
-from agent.caches import MeshCaches
+from agent.caches import CacheChange, MeshCaches, apply_changes
 from agent.config import AgentConfig
 from agent.datapath.node import NodeDatapath, NodeDatapathConfig, watch_affinities
-from agent.desired import DesiredState, LocalInfo, build_desired
+from agent.desired import LocalInfo, build_desired
+from agent.incremental import DesiredDelta, DesiredIndex
 from agent.metrics import AgentMetrics
 from agent.remote import AgentWorkFactory
 from meshcore.clustermesh.remote import ClusterMesh
 from meshcore.errors import MeshError
 from meshcore.log import get_logger
 
-__all__ = ["Agent"]
+__all__ = ["Agent", "CHANGE_BATCH"]
+
+CHANGE_BATCH = 4096
+"""Changes applied per delta: bounds the time between two turns of the event loop."""
 
 
 class Agent:
@@ -54,13 +63,14 @@ class Agent:
             config_interval=config.config_interval,
         )
         self.metrics.watch_status(self.mesh.status)
-        self.desired = DesiredState()
-        self.desired_version = -1  # the caches' version the desired state was built from
-        self.desired_seconds = 0.0  # how long the last build took
+        self.index = DesiredIndex(self.local)
+        self.desired_version = -1  # bumped per applied batch of changes; 0 after the initial load
+        self.desired_seconds = 0.0  # how long the initial load, then the last batch, took
+        self.changes_applied = 0
         self._desired_json: tuple[int, bytes] | None = None
         self.synced: bool | None = None  # None while waiting, then whether it finished in time
         self._initial_sync = asyncio.Event()
-        self._synced_build = asyncio.Event()  # the first desired state built after the initial sync
+        self._loaded = asyncio.Event()  # the desired state was loaded after the initial sync
         self.started_at = time.time()
         self.datapath: NodeDatapath | None = None
         if config.datapath == "bpf":
@@ -102,7 +112,7 @@ class Agent:
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.mesh.run(), name="clustermesh")
-                tasks.create_task(self._rebuild_desired(), name="desired state")
+                tasks.create_task(self._follow_changes(), name="desired state")
                 tasks.create_task(self._wait_synced(), name="initial sync")
                 if self.datapath is not None:
                     tasks.create_task(self._run_datapath(self.datapath, k8s), name="datapath")
@@ -119,10 +129,6 @@ class Agent:
         local_etcd = self.local_etcd
         assert local_etcd is not None  # validated: bpf needs --kvstore-config
         policies = self.policies
-
-        def changed() -> object:
-            return (self.desired_version, policies.version if policies is not None else 0)
-
         kv = EtcdClient(local_etcd)
         while True:  # the local etcd may come up after the agent: retry, bounded by cancellation
             try:
@@ -132,21 +138,17 @@ class Agent:
                 self._log.warning("local kvstore unreachable, retrying", error=str(err))
                 await asyncio.sleep(1.0)
         try:
-            await self._datapath_tasks(datapath, k8s, kv, policies, changed)
+            await self._datapath_tasks(datapath, k8s, kv, policies)
         finally:
             await kv.close()
 
-    async def _datapath_tasks(
-        self, datapath: NodeDatapath, k8s: Any, kv: Any, policies: Any, changed: Callable[[], object]
-    ) -> None:
+    async def _datapath_tasks(self, datapath: NodeDatapath, k8s: Any, kv: Any, policies: Any) -> None:
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(datapath.poll_local(kv), name="local kvstore")
+            tasks.create_task(datapath.watch_local(kv), name="local kvstore")
             if policies is not None:
                 tasks.create_task(policies.run(), name="policy source")
                 tasks.create_task(watch_affinities(k8s, datapath), name="service affinities")
-            tasks.create_task(
-                datapath.run(lambda: self.desired, self._synced_build.wait(), policies, changed), name="reconcilers"
-            )
+            tasks.create_task(datapath.run(self.index, self._loaded.wait(), policies), name="reconcilers")
 
     # ---- status ----
 
@@ -165,11 +167,8 @@ class Agent:
                 "desired": {
                     "version": self.desired_version,
                     "build-seconds": round(self.desired_seconds, 4),
-                    "ipcache": len(self.desired.ipcache),
-                    "routes": len(self.desired.routes),
-                    "wireguard-peers": len(self.desired.wireguard_peers),
-                    "services": len(self.desired.services),
-                    "identities": len(self.desired.identities),
+                    "changes-applied": self.changes_applied,
+                    **self.index.counts(),
                 },
                 "uptime-seconds": round(time.time() - self.started_at, 1),
             },
@@ -181,7 +180,7 @@ class Agent:
         """The ``GET /v1/desired`` body, encoded once per desired-state version."""
         cached = self._desired_json
         if cached is None or cached[0] != self.desired_version:
-            body = json.dumps(self.desired.to_json()).encode()
+            body = json.dumps(self.index.state().to_json()).encode()
             cached = self._desired_json = (self.desired_version, body)
         return cached[1]
 
@@ -194,34 +193,39 @@ class Agent:
         if self.synced:
             self._log.info("clustermesh initial sync complete", clusters=len(self.mesh.status()))
 
-    async def _rebuild_desired(self) -> None:
-        """Rebuild after changes: wait until the caches are quiet for ``debounce`` seconds, but no
-        longer than ``max_debounce`` after the first change, then build (in a thread: it is pure
-        and works on a snapshot, so the event loop keeps serving meanwhile).
-
-        The first real build waits for the initial sync (or its timeout): like Cilium's fence on
-        ``IPIdentitiesSynced``, the datapath must not be programmed from a half-synced view, and
-        rebuilding a growing state during the sync would only slow the sync down."""
-        await self._build()
+    async def _follow_changes(self) -> None:
+        """The change path (see the module docstring). Like Cilium's fence on
+        ``IPIdentitiesSynced``, nothing is loaded before the initial sync (or its timeout): the
+        datapath must not be programmed from a half-synced view."""
         await self._initial_sync.wait()
-        if self.caches.version != self.desired_version:
-            await self._build()
-        self._synced_build.set()
-        while True:
-            await self.caches.wait_changed(self.desired_version)
-            first = time.monotonic()
-            while True:
-                seen = self.caches.version
-                await asyncio.sleep(self.config.debounce)
-                if self.caches.version == seen or time.monotonic() - first >= self.config.max_debounce:
-                    break
-            await self._build()
-
-    async def _build(self) -> None:
-        version = self.caches.version
-        snapshot = self.caches.snapshot()
         started = time.perf_counter()
-        desired = await asyncio.to_thread(build_desired, self.local, snapshot)
+        self.caches.track()  # with the load below in one step of the loop: no change is missed
+        self.index.load(self.caches.snapshot(copy=False))  # the datapath reads the loaded state whole
+        # What is loaded now lives as long as the agent: keep it out of the cyclic collector's
+        # full passes, which would otherwise walk ~1M objects (tens of ms) now and then.
+        gc.freeze()
         self.desired_seconds = time.perf_counter() - started
-        self.desired, self.desired_version = desired, version
-        self._log.debug("desired state rebuilt", version=version, seconds=round(self.desired_seconds, 3))
+        self.desired_version = 0
+        self._loaded.set()
+        self._log.info("desired state loaded", seconds=round(self.desired_seconds, 3), **self.index.counts())
+        while True:
+            changes = await self.caches.next_changes()  # where changes enter
+            for start in range(0, len(changes), CHANGE_BATCH):
+                started = time.perf_counter()
+                delta = self._apply(changes[start : start + CHANGE_BATCH])
+                self.desired_seconds = time.perf_counter() - started
+                self._publish(delta)  # where deltas leave
+                await asyncio.sleep(0)  # a large batch (a new cluster's list) must not stall the loop
+
+    def _apply(self, changes: list[CacheChange]) -> DesiredDelta:
+        self.changes_applied += len(changes)
+        return apply_changes(self.index, self.caches, changes)
+
+    def _publish(self, delta: DesiredDelta) -> None:
+        self.desired_version += 1
+        if self.datapath is not None and delta:
+            self.datapath.desired_changed(delta)
+
+    def self_check(self) -> bool:
+        """Whether the incremental desired state equals a full rebuild from the caches now."""
+        return self.index.state() == build_desired(self.local, self.caches.snapshot())

@@ -23,13 +23,29 @@ losers are counted in :attr:`DesiredState.conflicts`.
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from meshcore.wire import CIDR, ClusterService, IPIdentityPair, LabelSet, Node
+from agent.records import (
+    ID_HEALTH,
+    ID_INGRESS,
+    ID_REMOTE_NODE,
+    ID_WORLD,
+    SOURCE_RANK,
+    Claim,
+    Labels,
+    NodeRecord,
+    endpoint_claim,
+    identity_labels,
+    ip_key,
+    node_pod_cidrs,
+    node_record,
+    node_tunnel_ip,
+    prefix_of,
+    prefix_sort_key,
+)
+from meshcore.wire import ClusterService, IPIdentityPair, LabelSet, Node
 
 __all__ = [
     "ID_WORLD",
@@ -51,17 +67,17 @@ __all__ = [
     "build_desired",
     "node_tunnel_ip",
     "node_pod_cidrs",
+    "ipcache_entry",
+    "node_routes",
+    "node_peer",
+    "cluster_backends",
+    "policy_identity",
 ]
 
-ID_WORLD = 2
-ID_HEALTH = 4
-ID_REMOTE_NODE = 6
-ID_INGRESS = 8
 WIREGUARD_PORT = 51871
 """Cilium's WireGuard listen port (``wireguardTypes.ListenPort``)."""
 
-SOURCE_RANK = {"node-ip": 0, "health": 1, "ingress": 2, "endpoint": 3, "pod-cidr": 4}
-_NODE_IP_TYPES = ("InternalIP", "ExternalIP", "CiliumInternalIP")
+_ = (ID_HEALTH, ID_INGRESS, ID_REMOTE_NODE, ID_WORLD, SOURCE_RANK)  # re-exported
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,13 +91,14 @@ class LocalInfo:
 
 @dataclass(frozen=True, slots=True)
 class ClusterView:
-    """One remote cluster's validated state, as the builder reads it."""
+    """One remote cluster's validated state, as the builder reads it: wire records (tests) or
+    the caches' compact records (:mod:`agent.records`)."""
 
     name: str
     cluster_id: int
-    nodes: Mapping[str, Node]
-    ipcache: Mapping[str, IPIdentityPair]
-    identities: Mapping[int, LabelSet]
+    nodes: Mapping[str, Node | NodeRecord]
+    ipcache: Mapping[str, IPIdentityPair | Claim]
+    identities: Mapping[int, LabelSet | Labels]
     services: Mapping[str, ClusterService]
 
 
@@ -219,143 +236,19 @@ class DesiredState:
         }
 
 
-# ---- helpers ----
+# ---- one record -> its part of the desired state (pure; shared with agent.incremental) ----
 
 
-def _prefix_key(prefix: str) -> tuple[int, bytes, int]:
-    """Sort key of a canonical prefix: family, address bytes, length (inet_pton: C speed)."""
-    ip, _, bits = prefix.partition("/")
-    if ":" in ip:
-        return (6, socket.inet_pton(socket.AF_INET6, ip), int(bits))
-    return (4, socket.inet_pton(socket.AF_INET, ip), int(bits))
+def ipcache_entry(key: str, claim: Claim, cluster_id: int) -> IPCacheEntry:
+    """The ipcache entry a winning ``claim`` on prefix ``key`` asks for (remote clusters only)."""
+    return IPCacheEntry(prefix_of(key), claim.id, claim.tunnel, claim.key, cluster_id, claim.cluster, claim.source)
 
 
-def _canonical_prefix(text: str) -> str | None:
-    """``10.0.0.1`` -> ``10.0.0.1/32``; ``10.0.0.7/24`` -> ``10.0.0.0/24``; None if unparsable."""
-    try:
-        net = ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        return None
-    return f"{net.network_address}/{net.prefixlen}"
-
-
-def _host_prefix(ip: str) -> str | None:
-    if not ip:
-        return None
-    return _canonical_prefix(ip)
-
-
-def node_tunnel_ip(node: Node) -> str:
-    """The IP other nodes tunnel to: the first InternalIP, else ExternalIP, IPv4 before IPv6;
-    ``""`` when the node has none."""
-    addresses = node.ip_addresses or []
-    for family_v6 in (False, True):
-        for wanted in ("InternalIP", "ExternalIP"):
-            for addr in addresses:
-                if addr.type == wanted and addr.ip and (":" in addr.ip) == family_v6:
-                    return addr.ip
-    return ""
-
-
-def node_pod_cidrs(node: Node) -> list[str]:
-    """A node's pod CIDRs (IPv4 then IPv6, primary then secondary), canonical prefixes."""
-    return _pod_cidrs(node)
-
-
-def _pod_cidrs(node: Node) -> list[str]:
-    cidrs: list[CIDR | None] = [node.ipv4_alloc_cidr, *(node.ipv4_secondary_alloc_cidrs or [])]
-    cidrs += [node.ipv6_alloc_cidr, *(node.ipv6_secondary_alloc_cidrs or [])]
-    out = []
-    for cidr in cidrs:
-        if cidr is None or not cidr.ip or cidr.mask is None:
-            continue
-        prefix = _canonical_prefix(str(cidr))
-        if prefix is not None:
-            out.append(prefix)
-    return out
-
-
-def _node_ips(node: Node) -> list[tuple[str, str]]:
-    """(address type, host prefix) of each node IP."""
-    out = []
-    for addr in node.ip_addresses or []:
-        if addr.type in _NODE_IP_TYPES:
-            prefix = _host_prefix(addr.ip)
-            if prefix is not None:
-                out.append((addr.type, prefix))
-    return out
-
-
-# (rank, cluster, record name) orders the claims on one prefix.
-_Claim = tuple[tuple[int, str, str], IPCacheEntry]
-
-
-def _node_entries(view: ClusterView, local: LocalInfo) -> Iterator[tuple[str, IPCacheEntry]]:
-    remote = view.name != local.cluster_name
-    for name, node in view.nodes.items():
-        tunnel = node_tunnel_ip(node)
-        claims: list[tuple[str, int, str, str]] = [
-            (prefix, ID_REMOTE_NODE, tunnel if addr_type == "CiliumInternalIP" else "", "node-ip")
-            for addr_type, prefix in _node_ips(node)
-        ]
-        if tunnel:  # nothing below is reachable without a node IP to tunnel to
-            for ip, identity, source in (
-                (node.ipv4_health_ip, ID_HEALTH, "health"),
-                (node.ipv6_health_ip, ID_HEALTH, "health"),
-                (node.ipv4_ingress_ip, ID_INGRESS, "ingress"),
-                (node.ipv6_ingress_ip, ID_INGRESS, "ingress"),
-            ):
-                host = _host_prefix(ip)
-                if host is not None:
-                    claims.append((host, identity, tunnel, source))
-            claims += [(prefix, ID_WORLD, tunnel, "pod-cidr") for prefix in _pod_cidrs(node)]
-        for prefix, identity, tunnel_ep, source in claims:
-            yield name, IPCacheEntry(
-                prefix, identity, tunnel_ep, node.encryption_key, view.cluster_id, view.name, source, remote
-            )
-
-
-def _endpoint_entries(view: ClusterView, local: LocalInfo) -> Iterator[tuple[str, IPCacheEntry]]:
-    remote = view.name != local.cluster_name
-    for name, pair in view.ipcache.items():
-        # A validated name is PrefixString(): a canonical host IP needs no parsing, only a CIDR does.
-        prefix = _canonical_prefix(name) if "/" in name else f"{name}/{128 if ':' in name else 32}"
-        if prefix is None:
-            continue
-        yield name, IPCacheEntry(
-            prefix, pair.id, pair.host_ip, pair.key, view.cluster_id, view.name, "endpoint", remote
-        )
-
-
-def _build_ipcache(views: Iterable[ClusterView], local: LocalInfo) -> tuple[tuple[IPCacheEntry, ...], int]:
-    best: dict[str, _Claim] = {}
-    conflicts = 0
-    for view in views:
-        for source in (_node_entries(view, local), _endpoint_entries(view, local)):
-            for record, entry in source:
-                rank = (SOURCE_RANK[entry.source], view.name, record)
-                current = best.get(entry.prefix)
-                if current is None:
-                    best[entry.prefix] = (rank, entry)
-                    continue
-                conflicts += 1
-                if rank < current[0]:
-                    best[entry.prefix] = (rank, entry)
-    ordered = sorted(best, key=_prefix_key)
-    return tuple(best[p][1] for p in ordered), conflicts
-
-
-def _build_routes(views: Iterable[ClusterView]) -> tuple[NodeRoute, ...]:
-    routes: dict[str, NodeRoute] = {}
-    for view in views:
-        for name in sorted(view.nodes):
-            node = view.nodes[name]
-            tunnel = node_tunnel_ip(node)
-            if not tunnel:
-                continue
-            for prefix in _pod_cidrs(node):
-                routes.setdefault(prefix, NodeRoute(prefix, tunnel, view.name, name))
-    return tuple(routes[p] for p in sorted(routes, key=_prefix_key))
+def node_routes(node: NodeRecord) -> list[NodeRoute]:
+    """A route per pod CIDR via the node (none without a tunnel IP)."""
+    if not node.tunnel_ip:
+        return []
+    return [NodeRoute(prefix, node.tunnel_ip, node.cluster, node.name) for prefix in node.pod_cidrs]
 
 
 def _endpoint(ip: str) -> str:
@@ -364,27 +257,18 @@ def _endpoint(ip: str) -> str:
     return f"[{ip}]:{WIREGUARD_PORT}" if ":" in ip else f"{ip}:{WIREGUARD_PORT}"
 
 
-def _build_peers(views: Iterable[ClusterView]) -> tuple[tuple[WireGuardPeer, ...], int]:
-    peers: dict[str, WireGuardPeer] = {}
-    conflicts = 0
-    for view in views:
-        for name in sorted(view.nodes):
-            node = view.nodes[name]
-            if not node.wireguard_pub_key:
-                continue
-            if node.wireguard_pub_key in peers:
-                conflicts += 1  # the first (cluster, node) keeps a key claimed twice
-                continue
-            allowed = set(_pod_cidrs(node)) | {prefix for _, prefix in _node_ips(node)}
-            peers[node.wireguard_pub_key] = WireGuardPeer(
-                public_key=node.wireguard_pub_key,
-                endpoint=_endpoint(node_tunnel_ip(node)),
-                allowed_ips=tuple(sorted(allowed, key=_prefix_key)),
-                cluster=view.name,
-                node=name,
-            )
-    ordered = sorted(peers.values(), key=lambda p: (p.cluster, p.node))
-    return tuple(ordered), conflicts
+def node_peer(node: NodeRecord) -> WireGuardPeer | None:
+    """The node as a WireGuard peer, when it publishes a key."""
+    if not node.wireguard_pub_key:
+        return None
+    allowed = set(node.pod_cidrs) | set(node.node_ips)
+    return WireGuardPeer(
+        public_key=node.wireguard_pub_key,
+        endpoint=_endpoint(node.tunnel_ip),
+        allowed_ips=tuple(sorted(allowed, key=prefix_sort_key)),
+        cluster=node.cluster,
+        node=node.name,
+    )
 
 
 def _backends(svc: ClusterService) -> tuple[Backend, ...]:
@@ -398,13 +282,85 @@ def _backends(svc: ClusterService) -> tuple[Backend, ...]:
     return tuple(sorted(unique.values()))
 
 
+def cluster_backends(cluster: str, cluster_id: int, svc: ClusterService) -> ClusterBackends | None:
+    """What one cluster offers for a service (None for an unshared one)."""
+    if not svc.shared:
+        return None
+    return ClusterBackends(cluster, cluster_id, _backends(svc))
+
+
+def policy_identity(identity: int, labels: LabelSet | Labels, cluster: str) -> PolicyIdentity:
+    return PolicyIdentity(identity, identity_labels(labels), cluster)
+
+
+# ---- the full build ----
+
+
+def _node_records(view: ClusterView) -> list[NodeRecord]:
+    return [node_record(view.name, name, node) for name, node in sorted(view.nodes.items())]
+
+
+def _build_ipcache(views: Iterable[ClusterView]) -> tuple[tuple[IPCacheEntry, ...], int]:
+    best: dict[str, Claim] = {}
+    cluster_ids: dict[str, int] = {}
+    conflicts = 0
+
+    def claims(view: ClusterView) -> Iterator[tuple[str, Claim]]:
+        nonlocal conflicts
+        for node in _node_records(view):
+            conflicts += node.duplicates
+            yield from node.claims
+        for name, pair in view.ipcache.items():
+            key = ip_key(name)
+            if key is not None:
+                yield key, endpoint_claim(view.name, name, pair)
+
+    for view in views:
+        cluster_ids[view.name] = view.cluster_id
+        for key, claim in claims(view):
+            current = best.get(key)
+            if current is None:
+                best[key] = claim
+                continue
+            conflicts += 1
+            if claim.order() < current.order():
+                best[key] = claim
+    ordered = sorted(best, key=lambda k: prefix_sort_key(prefix_of(k)))
+    return tuple(ipcache_entry(k, best[k], cluster_ids[best[k].cluster]) for k in ordered), conflicts
+
+
+def _build_routes(views: Iterable[ClusterView]) -> tuple[NodeRoute, ...]:
+    routes: dict[str, NodeRoute] = {}
+    for view in views:
+        for node in _node_records(view):
+            for route in node_routes(node):
+                routes.setdefault(route.prefix, route)
+    return tuple(routes[p] for p in sorted(routes, key=prefix_sort_key))
+
+
+def _build_peers(views: Iterable[ClusterView]) -> tuple[tuple[WireGuardPeer, ...], int]:
+    peers: dict[str, WireGuardPeer] = {}
+    conflicts = 0
+    for view in views:
+        for node in _node_records(view):
+            peer = node_peer(node)
+            if peer is None:
+                continue
+            if peer.public_key in peers:
+                conflicts += 1  # the first (cluster, node) keeps a key claimed twice
+                continue
+            peers[peer.public_key] = peer
+    ordered = sorted(peers.values(), key=lambda p: (p.cluster, p.node))
+    return tuple(ordered), conflicts
+
+
 def _build_services(views: Iterable[ClusterView]) -> tuple[ServiceBackends, ...]:
     by_service: dict[str, list[ClusterBackends]] = {}
     for view in views:
         for name, svc in view.services.items():
-            if not svc.shared:
-                continue
-            by_service.setdefault(name, []).append(ClusterBackends(view.name, view.cluster_id, _backends(svc)))
+            backends = cluster_backends(view.name, view.cluster_id, svc)
+            if backends is not None:
+                by_service.setdefault(name, []).append(backends)
     return tuple(
         ServiceBackends(name, tuple(sorted(clusters, key=lambda c: c.cluster)))
         for name, clusters in sorted(by_service.items())
@@ -415,17 +371,19 @@ def _build_identities(views: Iterable[ClusterView]) -> tuple[PolicyIdentity, ...
     identities: dict[int, PolicyIdentity] = {}
     for view in views:
         for identity, labels in view.identities.items():
-            identities.setdefault(identity, PolicyIdentity(identity, tuple(str(lbl) for lbl in labels), view.name))
+            if identity not in identities:
+                identities[identity] = policy_identity(identity, labels, view.name)
     return tuple(identities[i] for i in sorted(identities))
 
 
 def build_desired(local: LocalInfo, clusters: Mapping[str, ClusterView]) -> DesiredState:
-    """The datapath intents for ``clusters`` (remote clusters by name) as seen from ``local``.
+    """The datapath intents for ``clusters`` (remote clusters by name) as seen from ``local``:
+    the full rebuild (initial state, and the reference :mod:`agent.incremental` is checked against).
 
     A cluster named like the local one is ignored: the agent programs local state elsewhere.
     """
     views = [clusters[name] for name in sorted(clusters) if name != local.cluster_name]
-    ipcache, ip_conflicts = _build_ipcache(views, local)
+    ipcache, ip_conflicts = _build_ipcache(views)
     peers, peer_conflicts = _build_peers(views)
     return DesiredState(
         ipcache=ipcache,

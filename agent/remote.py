@@ -178,6 +178,7 @@ class AgentRemoteWork:
                 watch_prefix(spec.wire_kind, self.name, cached=cached),
                 self._counting(kind, spec.decoder(self._remote_info)),
                 self._caches.observer(self.name, spec.cache),
+                keep_values=False,  # the caches keep the compact record; the store only a hash
             )
 
     def _counting(self, kind: str, decode: Callable[[str, bytes], Any]) -> Callable[[str, bytes], Any]:

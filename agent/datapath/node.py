@@ -23,7 +23,8 @@ At start (:meth:`NodeDatapath.start`, blocking, run in a thread):
 Then (:meth:`NodeDatapath.run`) it keeps the maps equal to the desired state with one
 :class:`~meshcore.reconcile.Reconciler` per map:
 
-- local endpoints come from the local cluster's etcd (``--kvstore-config``): the ipcache entries
+- local endpoints come from the local cluster's etcd (``--kvstore-config``), followed by watches
+  (:class:`~agent.datapath.local.LocalWatch`): the ipcache entries
   whose ``HostIP`` is this node's underlay IP, with their identities. Each pod's host-side veth is
   the device of the node's route to the pod IP; ``from_pod``/``to_pod`` are attached there with
   the endpoint ID (the low 16 bits of the pod IPv4 address: stable across restarts) and identity;
@@ -31,7 +32,8 @@ Then (:meth:`NodeDatapath.run`) it keeps the maps equal to the desired state wit
   (:attr:`~agent.desired.DesiredState.routes`) and of this cluster's other nodes (the local etcd's
   node records) via that node's IP, never this node's own; the reconciler reads back only routes
   with :data:`ROUTE_PROTO` (mark and sweep, never touching other routes);
-- ipcache: the remote clusters' entries (the agent's :class:`~agent.desired.DesiredState`) plus
+- ipcache: the remote clusters' entries (the agent's :class:`~agent.incremental.DesiredIndex`:
+  written whole once, then per :class:`~agent.incremental.DesiredDelta`) plus
   the local cluster's endpoints (this node's without a tunnel endpoint, other nodes' tunnelled to
   their ``HostIP``), so ``to_pod`` resolves sources;
 - policy/policy_enforce: :func:`~agent.policy.compute_policy` over the policies watched in the
@@ -49,14 +51,16 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable
 from contextlib import aclosing, suppress
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.config import ROUTING_MODES
+from agent.datapath.ipfeed import IPCacheFeed
+from agent.datapath.local import LocalState, LocalWatch
 from agent.datapath.targets import (
     ROUTE_PROTO,
     EndpointsTarget,
@@ -68,21 +72,19 @@ from agent.datapath.targets import (
     ServicesTarget,
     endpoint_key,
     enforce_desired,
-    ipcache_desired,
     parse_affinity,
     policy_desired,
     routes_desired,
     services_desired,
 )
-from agent.desired import Backend, DesiredState, IPCacheEntry, LocalInfo, NodeRoute, node_pod_cidrs, node_tunnel_ip
+from agent.desired import Backend, IPCacheEntry, LocalInfo, NodeRoute, node_pod_cidrs, node_tunnel_ip
+from agent.incremental import DesiredDelta, DesiredIndex
 from agent.policy.resolve import PolicyState, compute_policy
 from bpf.maps import DEFAULT_PIN_ROOT
 from meshcore.errors import MeshError
 from meshcore.log import get_logger
 from meshcore.reconcile import Reconciler
-from meshcore.wire import ClusterService, IPIdentityPair, LabelSet
-from meshcore.wire import Node as WireNode
-from meshcore.wire import keys as wirekeys
+from meshcore.wire import LabelSet
 
 __all__ = [
     "DEFAULT_TUNNEL_DEVICE",
@@ -97,6 +99,9 @@ __all__ = [
 ]
 
 DEFAULT_TUNNEL_DEVICE = "cilium_vxlan"
+_ALL_PARTS = ("endpoints", "routes", "services", "policy")
+ENDPOINT_RETRY = 1.0
+"""Seconds between attempts to attach local pods whose veth was not there yet."""
 VXLAN_PORT = 8472
 
 
@@ -115,7 +120,6 @@ class NodeDatapathConfig:
     tunnel_device: str = DEFAULT_TUNNEL_DEVICE
     underlay_device: str | None = None
     cgroup: Path | None = None
-    local_poll_interval: float = 1.0
     policy_sync_timeout: float = 10.0
     routing_mode: str = "tunnel"
 
@@ -133,16 +137,6 @@ class LocalEndpoint:
     endpoint_id: int
     ifname: str
     ifindex: int
-
-
-@dataclass(frozen=True)
-class LocalState:
-    """What the local cluster's etcd says (read whole, each poll)."""
-
-    pairs: tuple[IPIdentityPair, ...] = ()
-    identities: Mapping[int, LabelSet] = field(default_factory=dict)
-    services: tuple[ClusterService, ...] = ()
-    nodes: tuple[WireNode, ...] = ()
 
 
 def endpoint_id_of(ip: str) -> int:
@@ -169,6 +163,12 @@ class NodeDatapath:
         self.programmed = False
         self.last_error = ""
         self._version = 0
+        self._delta = DesiredDelta()  # desired-state changes not programmed yet
+        self._parts: set[str] = set(_ALL_PARTS)  # what to recompute whole at the next programming
+        self._full_ipcache = True  # the first programming writes the whole ipcache
+        self._ipfeed: IPCacheFeed | None = None
+        self._local_ip_changed: set[str] = set()
+        self._endpoints_missing = 0  # local pods whose veth was not found at the last attach
         self._changed = asyncio.Event()
         self._local_read = asyncio.Event()
         self._log = get_logger(__name__, node=local.node_name)
@@ -231,6 +231,7 @@ class NodeDatapath:
             "policy_enforce": Reconciler("policy_enforce", EnforceTarget(maps)),
             "services": Reconciler("services", ServicesTarget(maps)),
         }
+        self._ipfeed = IPCacheFeed(self.reconcilers["ipcache"], native=native)
         if native:
             self.routes_target = RoutesTarget(self.underlay_ifindex)
             self.reconcilers["routes"] = Reconciler("routes", self.routes_target)
@@ -257,61 +258,59 @@ class NodeDatapath:
     # ---- inputs ----
 
     def touch(self) -> None:
-        """An input changed: recompute the desired maps."""
+        """An input changed: wake the feeding loop."""
         self._version += 1
         self._changed.set()
 
     def set_local_state(self, state: LocalState) -> None:
         if state != self.local_state:
             self.local_state = state
+            if self._ipfeed is not None:
+                self._local_ip_changed.update(self._ipfeed.set_local(self._local_ipcache(state)))
+            self._parts.update(("endpoints", "routes", "services", "policy"))
             self.touch()
         self._local_read.set()
 
     def set_affinities(self, affinities: dict[str, Any]) -> None:
         if affinities != self.affinities:
             self.affinities = affinities
+            self._parts.add("services")
             self.touch()
 
-    async def poll_local(self, kv: Any) -> None:
-        """Read the local cluster's etcd every ``local_poll_interval`` (forever)."""
-        cluster = self.local.cluster_name
-        services_prefix = wirekeys.watch_prefix("service", cluster)
-        nodes_prefix = wirekeys.watch_prefix("node", cluster)
-        while True:
-            try:
-                pairs = await kv.list_prefix(wirekeys.IP_DEFAULT + "/")
-                ids = await kv.list_prefix(wirekeys.IDENTITIES_ID + "/")
-                svcs = await kv.list_prefix(services_prefix)
-                nodes = await kv.list_prefix(nodes_prefix) if self.config.native else None
-                state = LocalState(
-                    pairs=tuple(_decode(IPIdentityPair.decode, kvp) for kvp in pairs.items),
-                    identities={
-                        int(kvp.key.rsplit("/", 1)[1]): _decode(LabelSet.decode, kvp)
-                        for kvp in ids.items
-                        if kvp.key.rsplit("/", 1)[1].isdigit()
-                    },
-                    services=tuple(_decode(ClusterService.decode, kvp) for kvp in svcs.items),
-                    nodes=tuple(_decode(WireNode.decode, kvp) for kvp in nodes.items) if nodes is not None else (),
-                )
-                self.set_local_state(_clean(state))
-            except Exception as err:  # keep the last state; retry
-                self.last_error = f"local kvstore: {type(err).__name__}: {err}"
-                self._log.warning("local kvstore read failed", error=self.last_error)
-            await asyncio.sleep(self.config.local_poll_interval)
+    def desired_changed(self, delta: DesiredDelta) -> None:
+        """The agent's desired state changed by ``delta`` (see :class:`~agent.incremental.DesiredIndex`)."""
+        self._delta.merge(delta)
+        if delta.routes:
+            self._parts.add("routes")
+        if delta.services:
+            self._parts.add("services")
+        if delta.identities:
+            self._parts.add("policy")
+        self.touch()
+
+    async def watch_local(self, kv: Any) -> None:
+        """Follow the local cluster's endpoints, identities, services (and, in native mode, nodes)
+        in its etcd with watches (forever): a change reaches the maps without a polling delay."""
+        watch = LocalWatch(kv, self.local.cluster_name, nodes=self.config.native)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(watch.run(), name="local kvstore watches")
+            while True:
+                state = await watch.next_state()
+                self.last_error = watch.last_error() or self.last_error
+                self.set_local_state(state)
 
     # ---- the feeding loop ----
 
     async def run(
         self,
-        desired: Callable[[], DesiredState],
+        desired: DesiredIndex,
         initial_sync: Awaitable[object],
         policies: Any = None,
-        changed: Callable[[], object] | None = None,
     ) -> None:
         """Run the reconcilers and feed them whenever an input changes (forever).
 
-        ``desired`` returns the agent's current desired state; ``changed`` a version that moves
-        when it (or the policies) change; ``policies`` is an optional
+        ``desired`` is the agent's desired-state index, complete once ``initial_sync`` is done;
+        its changes arrive through :meth:`desired_changed`. ``policies`` is an optional
         :class:`~agent.policy.source.PolicySource`."""
         async with asyncio.TaskGroup() as tasks:
             for rec in self.reconcilers.values():
@@ -321,33 +320,60 @@ class NodeDatapath:
             if policies is not None:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(_policies_synced(policies), self.config.policy_sync_timeout)
-            seen: tuple[int, object] | None = None
+            seen: tuple[int, int] | None = None
+            retried = time.monotonic()
             while True:
-                outer = changed() if changed is not None else 0
-                if seen != (self._version, outer):
-                    seen = (self._version, outer)
+                policy_version = policies.version if policies is not None else 0
+                if seen is not None and seen[1] != policy_version:
+                    self._parts.add("policy")
+                if seen != (self._version, policy_version):
+                    seen = (self._version, policy_version)
                     try:
-                        await self._program(desired(), policies)
+                        await self._program(desired, policies)
                     except Exception as err:
                         self.last_error = f"{type(err).__name__}: {err}"
                         self._log.warning("programming the datapath failed", error=self.last_error)
+                        self._full_ipcache = True  # start over from the whole state
+                        self._parts.update(_ALL_PARTS)
+                        await asyncio.sleep(1.0)
+                        self.touch()
                 self._changed.clear()
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), 0.2)
+                if seen == (self._version, policy_version):
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), 0.2)  # also polls the policy version
+                    if self._endpoints_missing and time.monotonic() - retried >= ENDPOINT_RETRY:
+                        retried = time.monotonic()
+                        self._parts.update(("endpoints", "policy"))
+                        self.touch()
 
-    async def _program(self, desired: DesiredState, policies: Any) -> None:
+    async def _program(self, desired: DesiredIndex, policies: Any) -> None:
+        delta, self._delta = self._delta, DesiredDelta()
+        parts, self._parts = self._parts, set()
+        local_changed, self._local_ip_changed = self._local_ip_changed, set()
         local = self.local_state or LocalState()
-        endpoints = await asyncio.to_thread(self._attach_endpoints, local)
-        self.reconcilers["endpoints"].set_desired(
-            {endpoint_key(e.ifindex): (e.endpoint_id, e.identity) for e in endpoints}
-        )
-        entries = list(desired.ipcache) + self._local_ipcache(local)
-        packed = await asyncio.to_thread(partial(ipcache_desired, native=self.config.native), entries)
-        self.reconcilers["ipcache"].set_desired(packed)
-        if "routes" in self.reconcilers:
-            routes = list(desired.routes) + self._local_routes(local)
+        # ipcache: the whole state once, then only what changed (remote entries win a prefix)
+        feed = self._ipfeed
+        assert feed is not None  # made by start()
+        if self._full_ipcache:
+            await feed.load(desired)
+            self._full_ipcache = False
+        elif delta.ipcache or local_changed:
+            feed.apply(desired, delta.ipcache, local_changed)
+        if "endpoints" in parts:
+            endpoints = await asyncio.to_thread(self._attach_endpoints, local)
+            self.reconcilers["endpoints"].set_desired(
+                {endpoint_key(e.ifindex): (e.endpoint_id, e.identity) for e in endpoints}
+            )
+        if "routes" in parts and "routes" in self.reconcilers:
+            routes = desired.routes() + self._local_routes(local)
             self.reconcilers["routes"].set_desired(routes_desired(routes, self.node_ip))
-        # services
+        if "services" in parts:
+            self._program_services(local, desired)
+        if "policy" in parts:
+            await self._program_policy(local, desired, policies)
+        self.programmed = True
+
+    def _program_services(self, local: LocalState, desired: DesiredIndex) -> None:
         local_svcs = []
         for svc in local.services:
             name = f"{svc.namespace}/{svc.name}"
@@ -365,11 +391,14 @@ class NodeDatapath:
             )
             local_svcs.append(GlobalService(name, frontends, backends, parse_affinity(self.affinities.get(name))))
         self.reconcilers["services"].set_desired(
-            services_desired(local_svcs, desired.services, self.local.cluster_id)
+            services_desired(local_svcs, desired.services(), self.local.cluster_id)
         )
-        # policy: entries first, enforcement once they are in
+
+    async def _program_policy(self, local: LocalState, desired: DesiredIndex, policies: Any) -> None:
+        """Policy entries first, enforcement once they are in."""
+        endpoints = list(self.endpoints.values())
         identities: dict[int, LabelSet] = dict(local.identities)
-        for ident in desired.identities:
+        for ident in desired.identities():
             identities.setdefault(ident.id, LabelSet.from_strings(ident.labels))
         eps = [(e.endpoint_id, identities.get(e.identity, LabelSet.from_strings([]))) for e in endpoints]
         policy_list = list(policies.policies.values()) if policies is not None else []
@@ -381,7 +410,6 @@ class NodeDatapath:
         with suppress(TimeoutError):
             await asyncio.wait_for(self.reconcilers["policy"].wait_synced(), 5)
         self.reconcilers["policy_enforce"].set_desired(enforce_desired(state))
-        self.programmed = True
 
     def _local_ipcache(self, local: LocalState) -> list[IPCacheEntry]:
         out = []
@@ -419,10 +447,12 @@ class NodeDatapath:
         from pyroute2 import IPRoute
 
         found: dict[str, LocalEndpoint] = {}
+        wanted = 0
         with IPRoute() as ipr:
             for pair in local.pairs:
                 if pair.host_ip != self.node_ip or not pair.is_host() or ":" in pair.ip:
                     continue
+                wanted += 1
                 try:
                     routes = ipr.route("get", dst=pair.ip)
                 except Exception:
@@ -447,6 +477,8 @@ class NodeDatapath:
             self.endpoints[ip] = ep
         for ip in [ip for ip in self.endpoints if ip not in found]:
             del self.endpoints[ip]
+        # A pod may be in etcd before its veth is up here: the feeding loop retries those.
+        self._endpoints_missing = wanted - len(self.endpoints)
         return list(self.endpoints.values())
 
     # ---- status ----
@@ -505,22 +537,6 @@ def _check_bpffs(pin_root: Path) -> None:
 async def _policies_synced(policies: Any) -> None:
     while not policies.synced:
         await policies.wait_changed(policies.version)
-
-
-def _decode(decode: Callable[..., Any], kvp: Any) -> Any:
-    try:
-        return decode(kvp.value, key=kvp.key)
-    except Exception:
-        return None
-
-
-def _clean(state: LocalState) -> LocalState:
-    return LocalState(
-        pairs=tuple(p for p in state.pairs if p is not None),
-        identities={k: v for k, v in state.identities.items() if v is not None},
-        services=tuple(s for s in state.services if s is not None),
-        nodes=tuple(n for n in state.nodes if n is not None),
-    )
 
 
 async def watch_affinities(api: Any, node: NodeDatapath) -> None:

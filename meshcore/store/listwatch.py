@@ -89,6 +89,7 @@ async def list_and_watch(
                 for item in snapshot.items:
                     yield Upsert(item.key, item.value, item.mod_revision)
                 revision = snapshot.revision
+                del snapshot  # not kept while watching: at 250k remote keys the raw list is ~100 MB
                 cluster = kv.cluster_id
                 yield ListDone(revision)
             elif not connected:

@@ -5,6 +5,10 @@ the history was lost) marks all known entries stale, refreshes the ones that com
 emits deletes only for those that did not. Keys whose value did not change produce no event, so
 an observer programming a datapath sees no churn from reconnects.
 
+Per key the store keeps a 64-bit hash of the raw value (it only has to tell "unchanged" on a
+re-list; at 250k remote entries the raw bytes would cost more than the records) and, unless
+``keep_values=False`` (an observer that keeps its own copy), the decoded value.
+
 Values are decoded by a caller-supplied function; a value that fails to decode is skipped, counted
 and logged once per key, and never reaches the observer (a bad remote must not crash the reader).
 """
@@ -46,15 +50,6 @@ class Observer(Protocol[T_contra]):
     def on_delete(self, name: str) -> None: ...
 
 
-@dataclass(slots=True)
-class _Entry(Generic[T]):
-    # A 64-bit hash of the raw value, not the value: it only has to tell "unchanged" on a re-list,
-    # and at 250k remote entries the raw bytes would cost more memory than the decoded records.
-    digest: int
-    value: T
-    stale: bool = False
-
-
 @dataclass(frozen=True, slots=True)
 class WatchStoreStatus:
     """What a watch store knows about itself, for status output."""
@@ -81,13 +76,16 @@ class WatchStore(Generic[T]):
         observer: Observer[T],
         *,
         backoff: Backoff | None = None,
+        keep_values: bool = True,
     ) -> None:
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self._kv = kv
         self._decode = decode
         self._observer = observer
         self._backoff = backoff
-        self._entries: dict[str, _Entry[T]] = {}
+        self._digests: dict[str, int] = {}
+        self._values: dict[str, T] | None = {} if keep_values else None
+        self._stale: set[str] = set()  # during a snapshot: known keys not seen again yet
         self._reported_invalid: set[str] = set()
         self._sync_callbacks: list[Callable[[], None]] = []
         self.synced = asyncio.Event()
@@ -104,19 +102,19 @@ class WatchStore(Generic[T]):
             self._sync_callbacks.append(callback)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._digests)
 
     def names(self) -> list[str]:
-        return list(self._entries)
+        return list(self._digests)
 
     def get(self, name: str) -> T | None:
-        entry = self._entries.get(name)
-        return entry.value if entry is not None else None
+        """The decoded value of ``name`` (always None with ``keep_values=False``)."""
+        return self._values.get(name) if self._values is not None else None
 
     def status(self) -> WatchStoreStatus:
         return WatchStoreStatus(
             prefix=self.prefix,
-            entries=len(self._entries),
+            entries=len(self._digests),
             synced=self.synced.is_set(),
             connected=self.connected,
             invalid=self.invalid_total,
@@ -145,8 +143,7 @@ class WatchStore(Generic[T]):
             self._delete(event.key[len(self.prefix) :])
         elif isinstance(event, ListStart):
             self.connected = True
-            for entry in self._entries.values():
-                entry.stale = True
+            self._stale = set(self._digests)
         elif isinstance(event, ListDone):
             self._sweep()
         elif isinstance(event, Connection):
@@ -156,15 +153,16 @@ class WatchStore(Generic[T]):
 
     def drain(self) -> None:
         """Delete every entry (the remote cluster was removed, not merely disconnected)."""
-        for name in list(self._entries):
+        for name in list(self._digests):
             self._delete(name)
 
     def _upsert(self, key: str, raw: bytes) -> None:
         name = key[len(self.prefix) :]
-        entry = self._entries.get(name)
+        known = self._digests.get(name)
         digest = hash(raw)
-        if entry is not None and entry.digest == digest:
-            entry.stale = False
+        if self._stale:
+            self._stale.discard(name)
+        if known == digest:
             return
         try:
             value = self._decode(name, raw)
@@ -175,20 +173,24 @@ class WatchStore(Generic[T]):
                 self._reported_invalid.add(key)
                 self._log.warning("skipping invalid kvstore entry", key=key, error=err.reason)
             # Like Cilium, keep the last valid value: the entry is still owned by the remote.
-            if entry is not None:
-                entry.stale = False
             return
         self._reported_invalid.discard(key)
-        self._entries[name] = _Entry(digest, value)
+        self._digests[name] = digest
+        if self._values is not None:
+            self._values[name] = value
         self._observer.on_upsert(name, value)
 
     def _delete(self, name: str) -> None:
         self._reported_invalid.discard(self.prefix + name)
-        if self._entries.pop(name, None) is not None:
+        if self._digests.pop(name, None) is not None:
+            if self._values is not None:
+                self._values.pop(name, None)
+            self._stale.discard(name)
             self._observer.on_delete(name)
 
     def _sweep(self) -> None:
-        for name in [n for n, e in self._entries.items() if e.stale]:
+        stale, self._stale = self._stale, set()
+        for name in stale:
             self._delete(name)
         if not self.synced.is_set():
             self.synced.set()

@@ -66,7 +66,8 @@ async def test_counts_are_exact_and_desired_state_follows(etcd_client: EtcdClien
         assert work.prefixes()["endpoints"] == "cilium/state/ip/v1/default/"
         cache = caches.get("c2")
         assert cache is not None and cache.cluster_id == 2
-        assert all(node.source == "clustermesh" for node in cache.nodes.values())
+        # The caches keep compact records (agent.records), not the decoded wire nodes.
+        assert all(node.cluster == "c2" and node.tunnel_ip for node in cache.nodes.values())
 
         desired = build_desired(LOCAL, caches.snapshot())
         by_source: dict[str, int] = {}
