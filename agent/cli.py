@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from agent.config import DATAPATHS, DEFAULT_PIN_ROOT, ROUTING_MODES, AgentConfig
+from agent.config import ALLOW_LOCALHOST, DATAPATHS, DEFAULT_PIN_ROOT, ROUTING_MODES, AgentConfig
 from meshcore.cliopts import CONTEXT_SETTINGS, log_options, run_until_signalled
 from meshcore.errors import ConfigError
 from meshcore.log import configure as configure_logging
@@ -52,6 +52,10 @@ def _default_node_name() -> str:
               "VXLAN device (none created, an existing one left alone); the kernel routes each remote pod CIDR "
               "via its node's underlay IP (routes the agent keeps, tagged with route protocol 201; no other "
               "route is touched) and policy resolves the source identity from the ipcache by source IP.")
+@click.option("--allow-localhost", type=click.Choice(ALLOW_LOCALHOST), default="auto", show_default=True,
+              help="auto: traffic from the node itself (identity reserved:host, every address of the node's "
+              "network namespace but 127/8: kubelet probes) reaches every local pod whatever the policies say "
+              "(an explicit deny still wins). policy: only as a policy admits the host entity.")
 @click.option("--underlay-device", metavar="IFNAME",
               help="Device carrying node-to-node traffic (its IPv4 address is the node IP)  "
               "[default: the first device with a global IPv4 address]")
@@ -85,6 +89,7 @@ def main(
     pin_root: Path,
     tunnel_device: str,
     routing_mode: str,
+    allow_localhost: str,
     underlay_device: str | None,
     cgroup: Path | None,
     state_dir: Path,
@@ -131,6 +136,7 @@ def main(
         pin_root=pin_root,
         tunnel_device=tunnel_device,
         routing_mode=routing_mode,
+        allow_localhost=allow_localhost,
         underlay_device=underlay_device,
         cgroup=cgroup,
     )

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.policy.resolve import ALLOW_LOCALHOST
 from meshcore.errors import ConfigError, WireError
 from meshcore.kvstore.config import EtcdClientConfig, load_etcd_config
 from meshcore.wire.clusterinfo import validate_cluster_id, validate_cluster_name
 
-__all__ = ["DATAPATHS", "ROUTING_MODES", "BPF_NEEDS_KVSTORE", "AgentConfig"]
+__all__ = ["ALLOW_LOCALHOST", "DATAPATHS", "ROUTING_MODES", "BPF_NEEDS_KVSTORE", "AgentConfig"]
 
 DATAPATHS = ("bpf", "none")
 ROUTING_MODES = ("tunnel", "native")
@@ -53,6 +54,7 @@ class AgentConfig:
     underlay_device: str | None = None
     cgroup: Path | None = None
     routing_mode: str = "tunnel"
+    allow_localhost: str = "auto"
 
     @property
     def socket_path(self) -> Path:
@@ -79,6 +81,10 @@ class AgentConfig:
         if self.routing_mode not in ROUTING_MODES:
             raise ConfigError(
                 f"--routing-mode must be one of {', '.join(ROUTING_MODES)}, got {self.routing_mode!r}"
+            )
+        if self.allow_localhost not in ALLOW_LOCALHOST:
+            raise ConfigError(
+                f"--allow-localhost must be one of {', '.join(ALLOW_LOCALHOST)}, got {self.allow_localhost!r}"
             )
         if self.datapath == "bpf" and self.kvstore_config is None:
             raise ConfigError(BPF_NEEDS_KVSTORE)

@@ -82,6 +82,7 @@ class Agent:
                     underlay_device=config.underlay_device,
                     cgroup=config.cgroup,
                     routing_mode=config.routing_mode,
+                    allow_localhost="policy" if config.allow_localhost == "policy" else "auto",
                 ),
             )
         self.policies: Any = None

@@ -35,7 +35,10 @@ Then (:meth:`NodeDatapath.run`) it keeps the maps equal to the desired state wit
 - ipcache: the remote clusters' entries (the agent's :class:`~agent.incremental.DesiredIndex`:
   written whole once, then per :class:`~agent.incremental.DesiredDelta`) plus
   the local cluster's endpoints (this node's without a tunnel endpoint, other nodes' tunnelled to
-  their ``HostIP``), so ``to_pod`` resolves sources;
+  their ``HostIP``), so ``to_pod`` resolves sources; and every local IPv4 address of the node's
+  network namespace but loopback 127/8 (read at start: the underlay address, the API address on
+  ``lo``, ...) as a ``/32`` with identity ``reserved:host`` (1), as Cilium's ipcache has them, so
+  the node's own traffic (kubelet probes) is the host to policy (``--allow-localhost``);
 - policy/policy_enforce: :func:`~agent.policy.compute_policy` over the policies watched in the
   local cluster (``--kubeconfig``), the local endpoints and every known identity; policy entries
   are synced before enforcement is switched on;
@@ -52,9 +55,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from contextlib import aclosing, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +83,7 @@ from agent.datapath.targets import (
 )
 from agent.desired import Backend, IPCacheEntry, LocalInfo, NodeRoute, node_pod_cidrs, node_tunnel_ip
 from agent.incremental import DesiredDelta, DesiredIndex
-from agent.policy.resolve import PolicyState, compute_policy
+from agent.policy.resolve import HOST_IDENTITY, AllowLocalhost, PolicyState, compute_policy
 from bpf.maps import DEFAULT_PIN_ROOT
 from meshcore.errors import MeshError
 from meshcore.log import get_logger
@@ -96,6 +100,7 @@ __all__ = [
     "LocalState",
     "NodeDatapath",
     "endpoint_id_of",
+    "host_ipcache_entries",
 ]
 
 DEFAULT_TUNNEL_DEVICE = "cilium_vxlan"
@@ -112,9 +117,10 @@ class DatapathError(MeshError):
 @dataclass(frozen=True)
 class NodeDatapathConfig:
     """Where the node's datapath lives (flags ``--pin-root``, ``--tunnel-device``,
-    ``--underlay-device``, ``--cgroup``, ``--routing-mode``). ``underlay_device`` None: the first
-    device with a global IPv4 address (other than the tunnel device). ``routing_mode``: one of
-    :data:`ROUTING_MODES` (see the module docstring)."""
+    ``--underlay-device``, ``--cgroup``, ``--routing-mode``, ``--allow-localhost``).
+    ``underlay_device`` None: the first device with a global IPv4 address (other than the tunnel
+    device). ``routing_mode``: one of :data:`ROUTING_MODES` (see the module docstring).
+    ``allow_localhost``: see :func:`~agent.policy.resolve.compute_policy`."""
 
     pin_root: Path = Path(DEFAULT_PIN_ROOT)
     tunnel_device: str = DEFAULT_TUNNEL_DEVICE
@@ -122,6 +128,7 @@ class NodeDatapathConfig:
     cgroup: Path | None = None
     policy_sync_timeout: float = 10.0
     routing_mode: str = "tunnel"
+    allow_localhost: AllowLocalhost = "auto"
 
     @property
     def native(self) -> bool:
@@ -144,6 +151,17 @@ def endpoint_id_of(ip: str) -> int:
     return int(ipaddress.ip_address(ip)) & 0xFFFF or 0xFFFF
 
 
+def host_ipcache_entries(addresses: Iterable[str], cluster_id: int, cluster: str) -> list[IPCacheEntry]:
+    """The node's own IPv4 ``addresses`` as ``/32`` ipcache entries of identity ``reserved:host``
+    (1), sorted, without loopback 127/8 (which never reaches a pod's veth)."""
+    ips = {ipaddress.IPv4Address(a) for a in addresses if ":" not in a}
+    return [
+        IPCacheEntry(f"{ip}/32", HOST_IDENTITY, "", 0, cluster_id, cluster, "host", remote_cluster=False)
+        for ip in sorted(ips)
+        if not ip.is_loopback
+    ]
+
+
 class NodeDatapath:
     """One node's datapath (see the module docstring)."""
 
@@ -151,6 +169,7 @@ class NodeDatapath:
         self.local = local
         self.config = config
         self.node_ip = ""
+        self.host_addresses: tuple[str, ...] = ()  # this namespace's IPv4 addresses (reserved:host)
         self.underlay_ifindex = 0
         self.routes_target: RoutesTarget | None = None
         self.dp: Any = None  # bpf.loader.Datapath, once started
@@ -195,6 +214,7 @@ class NodeDatapath:
             if not addrs:
                 raise DatapathError(f"underlay device {underlay!r} has no IPv4 address")
             self.node_ip = str(addrs[0])
+            self.host_addresses = tuple(sorted({str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=2)}))
             self.underlay_ifindex = ul
             if native:
                 pass  # no VXLAN device: an existing one is left exactly as it is
@@ -232,6 +252,7 @@ class NodeDatapath:
             "services": Reconciler("services", ServicesTarget(maps)),
         }
         self._ipfeed = IPCacheFeed(self.reconcilers["ipcache"], native=native)
+        self._local_ip_changed.update(self._ipfeed.set_local(self._local_ipcache(self.local_state or LocalState())))
         if native:
             self.routes_target = RoutesTarget(self.underlay_ifindex)
             self.reconcilers["routes"] = Reconciler("routes", self.routes_target)
@@ -403,7 +424,14 @@ class NodeDatapath:
         eps = [(e.endpoint_id, identities.get(e.identity, LabelSet.from_strings([]))) for e in endpoints]
         policy_list = list(policies.policies.values()) if policies is not None else []
         state = await asyncio.to_thread(
-            compute_policy, policy_list, eps, identities, local_cluster=self.local.cluster_name
+            partial(
+                compute_policy,
+                policy_list,
+                eps,
+                identities,
+                local_cluster=self.local.cluster_name,
+                allow_localhost=self.config.allow_localhost,
+            )
         )
         self.policy_state = state
         self.reconcilers["policy"].set_desired(policy_desired(state.entries))
@@ -412,11 +440,16 @@ class NodeDatapath:
         self.reconcilers["policy_enforce"].set_desired(enforce_desired(state))
 
     def _local_ipcache(self, local: LocalState) -> list[IPCacheEntry]:
-        out = []
+        """The local cluster's entries: this node's own addresses (reserved:host, winning a prefix
+        an endpoint record also claims), then the endpoints of the local etcd."""
+        out = host_ipcache_entries(self.host_addresses, self.local.cluster_id, self.local.cluster_name)
+        own = {e.prefix for e in out}
         for pair in local.pairs:
             prefix = pair.prefix_string()
             if "/" not in prefix:
                 prefix += "/128" if ":" in prefix else "/32"
+            if prefix in own:
+                continue
             mine = pair.host_ip == self.node_ip
             out.append(
                 IPCacheEntry(
@@ -488,6 +521,8 @@ class NodeDatapath:
             "started": self.started,
             "programmed": self.programmed,
             "node-ip": self.node_ip,
+            "host-addresses": list(self.host_addresses),
+            "allow-localhost": self.config.allow_localhost,
             "routing-mode": self.config.routing_mode,
             "tunnel-device": None if self.config.native else self.config.tunnel_device,
             "route-protocol": ROUTE_PROTO if self.config.native else None,

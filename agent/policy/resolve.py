@@ -19,6 +19,11 @@ What it mirrors (Cilium's ``pkg/policy``: ``Repository.computePolicyEnforcementA
   endpoint with no matching allow therefore has no entry.
 - Allow entries are only produced for enforced directions (elsewhere everything is allowed);
   deny entries are produced whenever a rule selecting the endpoint has them.
+- ``allow-localhost`` (Cilium's agent option): ``auto`` (the default) gives every endpoint with
+  enforced ingress an allow entry for the ``reserved:host`` identity (1) on all ports, so the
+  node's own traffic (kubelet probes) passes whatever the policies say (a deny still wins, as in
+  Cilium's ``MapState``); ``policy``: the host is admitted only as a policy allows it (the
+  ``host`` entity).
 """
 
 from __future__ import annotations
@@ -43,7 +48,10 @@ from agent.policy.model import (
 from meshcore.wire.identity import LabelSet
 
 __all__ = [
+    "ALLOW_LOCALHOST",
+    "HOST_IDENTITY",
     "WILDCARD_IDENTITY",
+    "AllowLocalhost",
     "EndpointPolicy",
     "Enforcement",
     "LabelIndex",
@@ -57,7 +65,13 @@ __all__ = [
 WILDCARD_IDENTITY = 0
 """The policy-map identity meaning "every peer"."""
 
+HOST_IDENTITY = 1
+"""``reserved:host``: the node's own addresses in the ipcache."""
+
 Enforcement = Literal["default", "always", "never"]
+AllowLocalhost = Literal["auto", "policy"]
+ALLOW_LOCALHOST: tuple[AllowLocalhost, ...] = ("auto", "policy")
+"""The ``--allow-localhost`` choices (see the module docstring)."""
 Verdict = Literal["allow", "deny"]
 _DIRECTIONS: tuple[Direction, Direction] = ("ingress", "egress")
 
@@ -270,14 +284,18 @@ def compute_policy(
     local_cluster: str,
     enforcement: Enforcement = "default",
     default_local_cluster: bool = True,
+    allow_localhost: AllowLocalhost = "auto",
 ) -> PolicyState:
     """Resolve ``policies`` for this node's endpoints (``(endpoint id, labels)``; ids are unique)
     against every known identity (local, remote and reserved; reserved IDs 1-10 missing from
     ``identities`` are added with their ``reserved:`` labels). ``local_cluster`` resolves the
     cluster scope of peer selectors (``default_local_cluster`` is Cilium's
-    ``policy-default-local-cluster``)."""
+    ``policy-default-local-cluster``); ``allow_localhost`` is Cilium's ``allow-localhost`` (see
+    the module docstring)."""
     if enforcement not in ("default", "always", "never"):
         raise ValueError(f"enforcement must be default, always or never, got {enforcement!r}")
+    if allow_localhost not in ALLOW_LOCALHOST:
+        raise ValueError(f"allow_localhost must be auto or policy, got {allow_localhost!r}")
     ordered = sorted(policies, key=lambda p: (p.key, p.resource_version, repr(p.rules)))
     all_identities: dict[int, LabelSet] = dict(RESERVED_IDENTITIES)
     all_identities.update(identities)
@@ -362,6 +380,8 @@ def compute_policy(
             if not enforced[direction]:
                 continue
             allow_keys: set[_Key] = set().union(*allows.get((ep, direction), ()))
+            if direction == "ingress" and allow_localhost == "auto":
+                allow_keys.add((HOST_IDENTITY, ALL_PORTS.port, ALL_PORTS.end_port, ALL_PORTS.protocol))
             if deny_keys:
                 allow_keys = _without_denied(allow_keys, deny_keys)
             rows.extend((ep, direction, num, port, end, proto, "allow") for num, port, end, proto in allow_keys)

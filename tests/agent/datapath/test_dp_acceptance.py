@@ -20,13 +20,15 @@ from typing import Any
 
 import pytest
 
-from agent.datapath.node import DEFAULT_TUNNEL_DEVICE
+from agent.datapath.node import DEFAULT_TUNNEL_DEVICE, endpoint_id_of
 from bpf.layouts import Direction, Reason
-from lab.driver import LabCommandError
+from lab.driver import LabCommandError, running_ready
 from lab.meshtest import (
     AGENT_NAMESPACE,
+    ECHO_PORT,
     PODS,
     SERVICE_PORT,
+    LabPod,
     MeshLab,
     meshed_lab,
     node_links,
@@ -95,6 +97,60 @@ def test_b_policy_admits_only_frontend_from_c2(mesh: MeshLab) -> None:
     assert not blocked.ok
     counters = {(c["reason"], c["direction"]): c["packets"] for c in mesh.bpf_dump("counters", web_node.name)}
     assert counters.get(("policy_default_deny", "ingress"), 0) > 0, counters
+
+
+def _echo1_ready(mesh: MeshLab) -> bool:
+    pod = mesh.driver.get("c1", "pod", "echo1", "-n", "default")
+    return running_ready(pod)
+
+
+def _connects(client: LabPod, ip: str, port: int) -> bool:
+    code = (
+        "import socket\n"
+        f"try: socket.create_connection(('{ip}',{port}),timeout=2).close(); print('ok')\n"
+        "except OSError: print('blocked')\n"
+    )
+    out = subprocess.run(client.exec_argv(sys.executable, "-c", code), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip() == "ok"
+
+
+def test_b2_node_probes_pass_an_allow_list_policy(mesh: MeshLab) -> None:
+    # allow-localhost=auto: the node's addresses (also 172.16.1.1 on lo, the probe's source) are
+    # reserved:host (1) in its ipcache, and identity 1 may reach every local pod, so the lab
+    # kubelet's httpGet readiness probe keeps echo1 Ready under a policy admitting only frontend.
+    echo1, node = mesh.pods["echo1"], mesh.node_of("echo1")
+    host_rows = {r["prefix"]: r["identity"] for r in mesh.bpf_dump("ipcache", node.name)}
+    assert host_rows.get("172.16.1.1/32") == 1 and host_rows.get(f"{node.internal_ip}/32") == 1, host_rows
+    assert not any(p.startswith("127.") for p in host_rows), host_rows
+    assert _echo1_ready(mesh) and _connects(mesh.pods["client"], str(echo1.ip), ECHO_PORT)
+    policy = {
+        "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "echo-from-frontend", "namespace": "default"},
+        "spec": {"endpointSelector": {"matchLabels": {"app": "echo"}},
+                 "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "frontend"}}]}]},
+    }  # fmt: skip
+    endpoint = endpoint_id_of(str(echo1.ip))
+    try:
+        mesh.apply_policy_and_wait(policy, "echo1")
+        assert not _connects(mesh.pods["client"], str(echo1.ip), ECHO_PORT)  # the policy is in force
+        # periodSeconds 1, failureThreshold 3: a dropped probe turns the pod NotReady within ~4 s
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            assert _echo1_ready(mesh), f"echo1 went NotReady under the policy:\n{mesh.agent_log(node.name)}"
+            time.sleep(0.5)
+        host = [r for r in mesh.bpf_dump("policy", node.name)
+                if r["endpoint"] == endpoint and r["direction"] == "ingress" and r["identity"] == 1]
+        assert host and host[0]["verdict"] == "allow" and host[0]["packets"] > 0, host  # the probes went through it
+    finally:
+        mesh.driver.kubectl("c1", "delete", "ciliumnetworkpolicy", "echo-from-frontend", "-n", "default",
+                            "--ignore-not-found")
+
+        def lifted() -> bool:
+            with mesh.maps(node.name) as maps:
+                return not any(k.endpoint_id == endpoint for k, _ in maps.policy_enforce.items())
+
+        assert poll_until(lifted, within=30), mesh.agent_log(node.name)
 
 
 def test_c_global_service_affinity(mesh: MeshLab) -> None:

@@ -51,7 +51,10 @@ def cnp(text: str) -> Policy:
 
 
 def compute(*policies: Policy, **kwargs: Any) -> PolicyState:
+    """compute_policy over the module's endpoints and identities; ``allow_localhost="policy"``
+    unless given, so the host shows up only where a policy admits it (see the allow-localhost tests)."""
     kwargs.setdefault("local_cluster", LOCAL)
+    kwargs.setdefault("allow_localhost", "policy")
     return compute_policy(list(policies), ENDPOINTS, IDENTITIES, **kwargs)
 
 
@@ -268,5 +271,55 @@ spec:
   podSelector: {}
   ingress: [{from: [{namespaceSelector: {matchLabels: {team: ops}}}]}]
 """))
-    state = compute_policy([policy], ENDPOINTS, identities, local_cluster=LOCAL)
+    state = compute_policy([policy], ENDPOINTS, identities, local_cluster=LOCAL, allow_localhost="policy")
     assert remotes(state) == {400} and remotes(state, endpoint=EP_OTHER) == {400}
+
+
+# ---- allow-localhost (Cilium's agent option; default auto) ----
+
+
+def test_allow_localhost_auto_admits_the_host_to_every_enforced_endpoint_by_default() -> None:
+    policy = cnp(FRONTEND_FROM_C2)
+    state = compute_policy([policy], ENDPOINTS, IDENTITIES, local_cluster=LOCAL)  # the default: auto
+    assert remotes(state) == {FRONTEND_C2, HOST}
+    assert PolicyEntry(EP_BACKEND, "ingress", HOST, 0, 0, "ANY", "allow") in state.entries
+    # any port and protocol from the host (a kubelet probe), while others are still default-denied
+    assert state.verdict(EP_BACKEND, "ingress", HOST, 9999, "TCP") == "allow"
+    assert state.verdict(EP_BACKEND, "ingress", HOST, 53, "UDP") == "allow"
+    assert state.verdict(EP_BACKEND, "ingress", BACKEND_C2, 8080, "TCP") == "drop"
+    assert state.verdict(EP_BACKEND, "ingress", WORLD, 8080, "TCP") == "drop"
+    # ingress only, and only where ingress is enforced (elsewhere everything passes anyway)
+    assert remotes(state, direction="egress") == set()
+    assert remotes(state, endpoint=EP_OTHER) == set()
+    assert compute_policy([], ENDPOINTS, IDENTITIES, local_cluster=LOCAL).entries == ()
+
+
+def test_allow_localhost_auto_under_enforcement_always_and_with_a_host_deny() -> None:
+    state = compute_policy([], ENDPOINTS, IDENTITIES, local_cluster=LOCAL, enforcement="always")
+    assert remotes(state) == {HOST} and remotes(state, endpoint=EP_OTHER) == {HOST}
+    assert remotes(state, direction="egress") == set()
+    deny = cnp("""
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingressDeny: [{fromEntities: [host]}]
+""")
+    state = compute_policy([cnp(FRONTEND_FROM_C2), deny], ENDPOINTS, IDENTITIES, local_cluster=LOCAL)
+    assert HOST not in remotes(state)  # deny precedence, as Cilium's MapState
+    assert state.verdict(EP_BACKEND, "ingress", HOST, 8080, "TCP") == "deny"
+
+
+def test_allow_localhost_policy_admits_the_host_only_as_a_policy_says() -> None:
+    state = compute_policy([cnp(FRONTEND_FROM_C2)], ENDPOINTS, IDENTITIES, local_cluster=LOCAL,
+                           allow_localhost="policy")
+    assert remotes(state) == {FRONTEND_C2}
+    assert state.verdict(EP_BACKEND, "ingress", HOST, 8080, "TCP") == "drop"
+    host = cnp("""
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress: [{fromEntities: [host], toPorts: [{ports: [{port: "8080", protocol: TCP}]}]}]
+""")
+    state = compute_policy([host], ENDPOINTS, IDENTITIES, local_cluster=LOCAL, allow_localhost="policy")
+    assert state.verdict(EP_BACKEND, "ingress", HOST, 8080, "TCP") == "allow"
+    assert state.verdict(EP_BACKEND, "ingress", HOST, 9999, "TCP") == "drop"
+    with pytest.raises(ValueError, match="allow_localhost"):
+        compute_policy([], ENDPOINTS, IDENTITIES, local_cluster=LOCAL, allow_localhost="always")  # type: ignore[arg-type]
