@@ -26,7 +26,7 @@ from rich.table import Table
 from clustermesh_apiserver.etcdinit import etcd_init
 from lab.etcd import EtcdProcess
 from lab.wait import poll_until
-from meshcore.errors import KVStoreAuthError, WireError
+from meshcore.errors import KVStoreAuthError, KVStoreUnavailableError, WireError
 from meshcore.kvstore.client import EtcdClient
 from meshcore.kvstore.leases import LeaseManager
 from meshcore.store.clusterconfig import ClusterConfigWriter
@@ -303,7 +303,11 @@ class Demo:
 
             async def converged() -> bool:
                 for kind, watcher in watchers.items():
-                    listing = await reader.list_prefix(watcher.prefix)
+                    try:
+                        listing = await reader.list_prefix(watcher.prefix)
+                    except KVStoreUnavailableError:
+                        return False  # the demo's own check may race the restarted etcd's first moments
+
                     in_etcd = {i.key[len(watcher.prefix) :]: i.value for i in listing.items}
                     seen = {name: record.encode() for name, record in views[kind].entries.items()}
                     if in_etcd != seen:
