@@ -29,6 +29,8 @@ __all__ = [
     "IPCACHE_F_HAS_TUNNEL_EP",
     "IPCACHE_F_IPV6_TUNNEL_EP",
     "IPCACHE_F_REMOTE_CLUSTER",
+    "IPCACHE_F_REMOTE_NODE_EP",
+    "STATIC_ENCRYPT_KEY",
     "BACKEND_F_HEALTHY",
     "BACKEND_F_LOCAL",
     "MARK_MAGIC_IDENTITY",
@@ -89,6 +91,14 @@ IPCACHE_F_SKIP_TUNNEL = 1 << 0
 IPCACHE_F_HAS_TUNNEL_EP = 1 << 1
 IPCACHE_F_IPV6_TUNNEL_EP = 1 << 2
 IPCACHE_F_REMOTE_CLUSTER = 1 << 3
+IPCACHE_F_REMOTE_NODE_EP = 1 << 4
+"""Ours, not Cilium's: the entry's endpoint is on another node (its HostIP is not this node). In
+tunnel mode ``has_tunnel_ep`` says as much; native-mode entries have no tunnel endpoint, so egress
+strict mode needs this bit to tell remote endpoints from local ones."""
+
+STATIC_ENCRYPT_KEY = 0xFF
+"""``IPCacheValue.encrypt_key`` of a destination whose node is a WireGuard peer (Cilium's
+``StaticEncryptKey``); 0: not encrypted (egress strict mode drops it inside the strict CIDR)."""
 
 BACKEND_F_HEALTHY = 1 << 0
 BACKEND_F_LOCAL = 1 << 1
@@ -145,6 +155,9 @@ class Reason(enum.IntEnum):
     LB_TRANSLATED = 12
     LB_NO_BACKEND = 13
     LB_REVNAT = 14
+    UNENCRYPTED = 15
+    """Egress strict mode dropped a packet that would leave unencrypted (Cilium's drop reason
+    195, ``DROP_UNENCRYPTED_TRAFFIC``, "Traffic is unencrypted")."""
 
 
 REASON_SLOTS = 32
@@ -425,9 +438,12 @@ def ipcache_value(
     encrypt_key: int = 0,
     remote_cluster: bool = False,
     skip_tunnel: bool = False,
+    remote_node: bool = False,
 ) -> IPCacheValue:
-    """An ipcache value; flags follow from the arguments."""
+    """An ipcache value; flags follow from the arguments (``remote_node``: the endpoint is on
+    another node, :data:`IPCACHE_F_REMOTE_NODE_EP`)."""
     flags = (IPCACHE_F_REMOTE_CLUSTER if remote_cluster else 0) | (IPCACHE_F_SKIP_TUNNEL if skip_tunnel else 0)
+    flags |= IPCACHE_F_REMOTE_NODE_EP if remote_node else 0
     value = IPCacheValue(sec_identity=identity, cluster_id=cluster_id, encrypt_key=encrypt_key)
     if tunnel_endpoint:
         family, raw = ip_bytes(tunnel_endpoint)
@@ -490,6 +506,7 @@ def pack_ipcache_value(
     encrypt_key: int = 0,
     remote_cluster: bool = False,
     skip_tunnel: bool = False,
+    remote_node: bool = False,
 ) -> bytes:
     """``bytes(ipcache_value(...))``, cached: many prefixes share one node and identity."""
     return bytes(
@@ -500,5 +517,6 @@ def pack_ipcache_value(
             encrypt_key=encrypt_key,
             remote_cluster=remote_cluster,
             skip_tunnel=skip_tunnel,
+            remote_node=remote_node,
         )
     )

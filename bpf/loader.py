@@ -12,6 +12,7 @@ attached at the same place (fixed tc priority/handle, cgroup attach without ``BP
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,9 +22,9 @@ from typing import Any
 
 from bpf.maps import DEFAULT_PIN_ROOT, NodeMaps
 from bpf.syscall import prog_attach, prog_detach
-from meshcore.errors import MeshError
+from meshcore.errors import ConfigError, MeshError
 
-__all__ = ["C_DIR", "DatapathConfig", "Datapath", "LoadError", "TC_INGRESS", "TC_EGRESS"]
+__all__ = ["C_DIR", "DatapathConfig", "Datapath", "LoadError", "TC_INGRESS", "TC_EGRESS", "strict_mode_defines"]
 
 C_DIR = Path(__file__).resolve().parent / "c"
 TC_INGRESS = "ffff:fff2"
@@ -54,6 +55,33 @@ class LoadError(MeshError):
     """A program did not compile, load or attach."""
 
 
+def strict_mode_defines(strict_cidr: str | None, allow_remote_node: bool = False) -> dict[str, str]:
+    """The ``datapath.c`` defines of egress strict mode (empty when ``strict_cidr`` is None).
+
+    ``STRICT_CIDR4_NET`` / ``STRICT_CIDR4_MASK`` are the CIDR's network and netmask in host byte
+    order (``10.0.0.0/8`` -> ``0x0a000000`` / ``0xff000000``); ``STRICT_ALLOW_REMOTE_NODE`` is 0
+    or 1. Raises :class:`ConfigError` for anything but an IPv4 network with a prefix length of 1
+    to 32: strict mode is IPv4 only, as Cilium's, and mask 0 means "off" to the program."""
+    if strict_cidr is None:
+        return {}
+    try:
+        net = ipaddress.ip_network(strict_cidr, strict=True)
+    except ValueError as exc:
+        raise ConfigError(f"strict-mode CIDR {strict_cidr!r} is not a network address with a prefix: {exc}") from None
+    if net.version != 4:
+        raise ConfigError(
+            f"strict-mode CIDR {strict_cidr!r} is IPv6: egress strict mode is IPv4 only (as Cilium's); "
+            "give an IPv4 CIDR"
+        )
+    if net.prefixlen == 0:
+        raise ConfigError(f"strict-mode CIDR {strict_cidr!r} has prefix length 0; give a prefix of /1 to /32")
+    return {
+        "STRICT_CIDR4_NET": f"0x{int(net.network_address):08x}",
+        "STRICT_CIDR4_MASK": f"0x{int(net.netmask):08x}",
+        "STRICT_ALLOW_REMOTE_NODE": "1" if allow_remote_node else "0",
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class DatapathConfig:
     """Where the node's devices are and which parts to load.
@@ -62,6 +90,12 @@ class DatapathConfig:
     ``tunnel_device``: the VXLAN ``external`` device; ``from_pod`` redirects traffic for
     ipcache entries with a tunnel endpoint straight into it (None: the kernel routes it).
     ``cgroup``: the cgroup v2 directory whose sockets get service load-balancing (None: none).
+    ``strict_cidr``: egress strict mode (Cilium's ``encryption-strict-mode-cidr``): ``from_pod``
+    drops, counted ``unencrypted``, a packet to an endpoint on another node when source and
+    destination are both inside this IPv4 CIDR and the destination's ipcache ``encrypt_key`` is 0
+    (None: off). ``strict_allow_remote_node``: still let such packets reach remote-node identities
+    (``encryption-strict-mode-allow-remote-node-identities``). Checked at construction
+    (:func:`strict_mode_defines`).
     """
 
     netns: str | None = None
@@ -69,6 +103,11 @@ class DatapathConfig:
     cgroup: str | None = None
     tc_priority: int = 1
     extra_cflags: tuple[str, ...] = field(default_factory=tuple)
+    strict_cidr: str | None = None
+    strict_allow_remote_node: bool = False
+
+    def __post_init__(self) -> None:
+        strict_mode_defines(self.strict_cidr, self.strict_allow_remote_node)
 
 
 class Datapath:
@@ -97,7 +136,9 @@ class Datapath:
         try:
             if config.tunnel_device:
                 dp.tunnel_ifindex = dp.ifindex(config.tunnel_device)
-            dp._tc_bpf = dp._compile("datapath.c", {"TUNNEL_IFINDEX": str(dp.tunnel_ifindex)})
+            defines = {"TUNNEL_IFINDEX": str(dp.tunnel_ifindex)}
+            defines |= strict_mode_defines(config.strict_cidr, config.strict_allow_remote_node)
+            dp._tc_bpf = dp._compile("datapath.c", defines)
             for name in TC_PROGRAMS:
                 dp._fds[name] = dp._load_fn(dp._tc_bpf, name, _SCHED_CLS, -1)
             if config.cgroup:

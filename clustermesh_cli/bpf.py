@@ -19,7 +19,7 @@ from bpf.maps import DEFAULT_PIN_ROOT, NodeMaps, node_pin_dir
 __all__ = ["bpf"]
 
 _PROTO_NAMES = {0: "ANY", 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPV6", 132: "SCTP"}
-_FLAGS = ("skip-tunnel", "has-tunnel-ep", "ipv6-tunnel-ep", "remote-cluster")
+_FLAGS = ("skip-tunnel", "has-tunnel-ep", "ipv6-tunnel-ep", "remote-cluster", "remote-node-ep")
 _KINDS = ("ipcache", "services", "policy", "counters")
 
 
@@ -100,6 +100,8 @@ def _policy(maps: NodeMaps) -> list[dict[str, Any]]:
 
 
 def _counters(maps: NodeMaps) -> list[dict[str, Any]]:
+    # Names are Reason's: "unencrypted" is egress strict mode, Cilium's drop reason 195
+    # (DROP_UNENCRYPTED_TRAFFIC, "Traffic is unencrypted").
     return [
         {"reason": Reason(reason).name.lower(), "direction": Direction(direction).name.lower(),
          "packets": packets, "bytes": nbytes}

@@ -84,7 +84,9 @@ def ipcache_desired(entries: Iterable[IPCacheEntry], *, native: bool = False) ->
 
     ``native`` (``--routing-mode native``): no entry carries a tunnel endpoint (``has_tunnel_ep``
     clear) and every entry has ``skip_tunnel`` set, so ``from_pod`` hands packets to the kernel,
-    which routes them (:class:`RoutesTarget`)."""
+    which routes them (:class:`RoutesTarget`). In both modes an entry with a tunnel endpoint (its
+    ``HostIP``: never this node's) is flagged ``remote_node`` (egress strict mode's "on another
+    node")."""
     out: dict[bytes, bytes] = {}
     for e in entries:
         key = pack_ipcache_key(e.prefix)
@@ -96,6 +98,7 @@ def ipcache_desired(entries: Iterable[IPCacheEntry], *, native: bool = False) ->
                 e.encrypt_key,
                 e.remote_cluster,
                 native,
+                bool(e.tunnel_endpoint),
             )
     return out
 

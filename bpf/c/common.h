@@ -24,6 +24,7 @@
 #define IPCACHE_F_HAS_TUNNEL_EP  (1 << 1)
 #define IPCACHE_F_IPV6_TUNNEL_EP (1 << 2)
 #define IPCACHE_F_REMOTE_CLUSTER (1 << 3)
+#define IPCACHE_F_REMOTE_NODE_EP (1 << 4) /* on another node (native mode has no tunnel endpoint to say so) */
 
 #define BACKEND_F_HEALTHY (1 << 0)
 #define BACKEND_F_LOCAL   (1 << 1)
@@ -65,6 +66,7 @@
 #define REASON_LB_TRANSLATED       12
 #define REASON_LB_NO_BACKEND       13
 #define REASON_LB_REVNAT           14
+#define REASON_UNENCRYPTED         15 /* strict mode; Cilium's drop reason 195, DROP_UNENCRYPTED_TRAFFIC */
 #define REASON_SLOTS               32
 
 struct ipcache_key {

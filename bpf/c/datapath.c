@@ -19,6 +19,18 @@
 #define TUNNEL_IFINDEX 0 /* 0: no redirect, the kernel routes remote traffic */
 #endif
 
+/* Egress strict mode (bpf.loader.strict_mode_defines): the strict IPv4 CIDR in host byte order
+ * (10.0.0.0/8: NET 0x0A000000, MASK 0xFF000000); MASK 0 (or absent) turns strict mode off. */
+#ifndef STRICT_CIDR4_MASK
+#define STRICT_CIDR4_MASK 0
+#endif
+#ifndef STRICT_CIDR4_NET
+#define STRICT_CIDR4_NET 0
+#endif
+#ifndef STRICT_ALLOW_REMOTE_NODE
+#define STRICT_ALLOW_REMOTE_NODE 0
+#endif
+
 /* Per-CPU counters: no atomics needed, userspace sums the CPUs. */
 static __always_inline void count(__u32 reason, __u8 direction, __u32 bytes)
 {
@@ -192,6 +204,25 @@ static __always_inline int admit(struct endpoint_value *ep, __u32 remote, struct
 	return 1;
 }
 
+static __always_inline int in_strict_cidr4(__u32 addr)
+{
+	return (addr & bpf_htonl(STRICT_CIDR4_MASK)) == bpf_htonl(STRICT_CIDR4_NET);
+}
+
+/* Egress strict mode, as Cilium's strict_allow (drop reason 195): a packet to an endpoint on
+ * another node, source and destination both in the strict CIDR, must be going to be encrypted
+ * (encrypt_key set by the agent for WireGuard peers). Destinations on this node never match. */
+static __always_inline int strict_denies(struct flow4 *f, struct ipcache_value *dst)
+{
+	if (!STRICT_CIDR4_MASK || !dst || dst->encrypt_key)
+		return 0;
+	if (!(dst->flags & (IPCACHE_F_HAS_TUNNEL_EP | IPCACHE_F_REMOTE_NODE_EP)))
+		return 0;
+	if (STRICT_ALLOW_REMOTE_NODE && dst->sec_identity == ID_REMOTE_NODE)
+		return 0;
+	return in_strict_cidr4(f->saddr) && in_strict_cidr4(f->daddr);
+}
+
 int from_pod(struct __sk_buff *skb)
 {
 	__u32 ifindex = skb->ifindex;
@@ -210,6 +241,10 @@ int from_pod(struct __sk_buff *skb)
 	dst = ipcache_lookup4(f.daddr);
 	if (!admit(ep, dst ? dst->sec_identity : ID_WORLD, &f, DIR_EGRESS, skb->len))
 		return TC_ACT_SHOT;
+	if (strict_denies(&f, dst)) {
+		count(REASON_UNENCRYPTED, DIR_EGRESS, skb->len);
+		return TC_ACT_SHOT;
+	}
 
 	/* to_tunnel (VXLAN egress) and to_pod (a local peer) read the sender's identity here. */
 	skb->mark = MARK_MAGIC_IDENTITY | (ep->sec_identity & IDENTITY_MASK);
