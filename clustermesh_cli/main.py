@@ -13,6 +13,7 @@ from clustermesh_cli.bpf import bpf
 from clustermesh_cli.certs import certs
 from clustermesh_cli.demo import demo
 from clustermesh_cli.enable import disable, enable
+from clustermesh_cli.encryption import encryption
 from clustermesh_cli.lab import lab
 from clustermesh_cli.mesh import connect, disconnect
 from clustermesh_cli.status import status
@@ -65,6 +66,7 @@ cli.add_command(status)
 cli.add_command(agent)
 cli.add_command(bpf)
 cli.add_command(lab)
+cli.add_command(encryption)
 
 
 if __name__ == "__main__":

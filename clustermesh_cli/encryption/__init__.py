@@ -1,0 +1,24 @@
+"""``clustermesh encryption``: transparent encryption between nodes (WireGuard, IPsec).
+
+- :mod:`~clustermesh_cli.encryption.audit`: ``clustermesh encryption audit``, captures on every
+  node's underlay and fails on plaintext pod traffic;
+- :mod:`~clustermesh_cli.encryption.discover`: nodes, addresses and agent pods of each context;
+- :mod:`~clustermesh_cli.encryption.execcapture`: the captures, exec'd in the agent pods.
+"""
+
+from __future__ import annotations
+
+import click
+
+from clustermesh_cli.encryption.audit import audit
+from meshcore.cliopts import CONTEXT_SETTINGS
+
+__all__ = ["encryption"]
+
+
+@click.group("encryption", context_settings=CONTEXT_SETTINGS)
+def encryption() -> None:
+    """Check the transparent encryption between nodes."""
+
+
+encryption.add_command(audit)
