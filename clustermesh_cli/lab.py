@@ -21,12 +21,24 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from clustermesh_apiserver.converters.annotations import WIREGUARD_PUB_KEY
+from clustermesh_cli.install.options import InstallOptionsError
 from clustermesh_cli.lab_fault import fault
 from lab import echo as echo_server
 from lab.etcd import LOOPBACK
-from lab.mesh import install_mesh
+from lab.mesh import install_mesh, lab_install_options
 from lab.supervisor import apiclient, cleanup, control, kubeconfig, podref, progress
-from lab.supervisor.spec import DEFAULT_NAME, LabSpec, LabSpecError, labs_present, load, plan, validate_lab_name
+from lab.supervisor.spec import (
+    DEFAULT_NAME,
+    ENCRYPTION_MODES,
+    LabSpec,
+    LabSpecError,
+    labs_present,
+    load,
+    plan,
+    validate_lab_name,
+    wireguard_device_template,
+)
 from meshcore.cliopts import CONTEXT_SETTINGS
 from meshcore.errors import MeshError
 
@@ -101,8 +113,17 @@ def lab() -> None:
 @click.option("--mesh-timeout", type=float, default=None,
               help="Seconds to wait for the mesh (API servers, agents, every peer ready).  "
               "[default: 120 + 15 per node]")
+@click.option("--encryption", type=click.Choice(ENCRYPTION_MODES), default="none", show_default=True,
+              help="`clustermesh enable --encryption` of every cluster: wireguard encrypts pod traffic between "
+              "nodes with WireGuard (wireguard-go here; each node's device is cmwg<3 hex of the lab><8 hex of "
+              "the node>, since device names are global on this host). Also recorded for a later `clustermesh "
+              "enable` of a --no-mesh lab.")
+@click.option("--encryption-strict-mode-cidr", default=None, metavar="CIDR",
+              help="`clustermesh enable --encryption-strict-mode-cidr` of every cluster (with --encryption "
+              "wireguard): pod traffic within this IPv4 CIDR that would leave a node unencrypted is dropped.")
 def up(clusters: int, nodes: int, name: str, routing_mode: str, kubeconfig_path: Path | None, no_kubeconfig: bool,
-       timeout: float | None, no_mesh: bool, source: str, mesh_timeout: float | None) -> None:
+       timeout: float | None, no_mesh: bool, source: str, mesh_timeout: float | None, encryption: str,
+       encryption_strict_mode_cidr: str | None) -> None:
     """Build a lab: CLUSTERS clusters of NODES nodes, each with its own Kubernetes API, and mesh them.
 
     Leftovers of a lab of the same name that is not running (e.g. a `lab up` killed half way)
@@ -112,6 +133,7 @@ def up(clusters: int, nodes: int, name: str, routing_mode: str, kubeconfig_path:
 
     \b
       clustermesh lab up --clusters 2 --nodes 2                # meshed
+      clustermesh lab up --encryption wireguard                # meshed, WireGuard between nodes
       clustermesh lab up --no-mesh                             # bare; then, by hand:
       clustermesh enable --context lab-c1 && clustermesh enable --context lab-c2
       clustermesh connect --context lab-c1 --destination-context lab-c2
@@ -121,6 +143,7 @@ def up(clusters: int, nodes: int, name: str, routing_mode: str, kubeconfig_path:
         validate_lab_name(name)
     except LabSpecError as err:
         raise click.BadParameter(str(err), param_hint="--name") from None
+    _check_encryption(name, encryption, encryption_strict_mode_cidr)
     pid = control.supervisor_pid(name)
     if pid is not None:
         _fail(f"lab {name!r} is up already (supervisor pid {pid}); use `clustermesh lab down --name {name}` "
@@ -131,7 +154,8 @@ def up(clusters: int, nodes: int, name: str, routing_mode: str, kubeconfig_path:
     merged = None if no_kubeconfig else str(kubeconfig_path or kubeconfig.default_user_kubeconfig())
     ports = _free_ports(2 * clusters)
     spec = plan(name, clusters, nodes, routing_mode=routing_mode,  # type: ignore[arg-type]
-                api_ports=ports[:clusters], api_internal_ports=ports[clusters:], kubeconfig_merged=merged)
+                api_ports=ports[:clusters], api_internal_ports=ports[clusters:], kubeconfig_merged=merged,
+                encryption=encryption, encryption_strict_mode_cidr=encryption_strict_mode_cidr)
     spec.save()
     t0 = time.monotonic()
     proc = control.spawn_supervisor(spec)
@@ -154,6 +178,22 @@ def up(clusters: int, nodes: int, name: str, routing_mode: str, kubeconfig_path:
     click.echo(f"contexts are in {where}" + ("" if merged else f" (export KUBECONFIG={spec.kubeconfig})"))
     if not no_mesh:
         _mesh(spec, source, mesh_timeout or _MESH_BASE_TIMEOUT + _MESH_PER_NODE_TIMEOUT * clusters * nodes)
+
+
+def _check_encryption(name: str, encryption: str, strict_mode_cidr: str | None) -> None:
+    """Refuse bad encryption flags before anything is built, with the install's own messages, and a
+    lab whose WireGuard device names another encrypted lab on this machine would share."""
+    spec = plan(name, 1, 1, encryption=encryption, encryption_strict_mode_cidr=strict_mode_cidr)
+    try:
+        lab_install_options(spec, spec.clusters[0])
+    except InstallOptionsError as err:
+        raise click.UsageError(str(err)) from None
+    if encryption == "none":
+        return
+    for other in labs_present():
+        if other != name and wireguard_device_template(other) == spec.wireguard_device:
+            raise click.UsageError(f"lab {other!r} on this machine names its WireGuard devices "
+                                   f"{spec.wireguard_device} too (device names are global here): pick another --name")
 
 
 def _mesh(spec: LabSpec, source: str, timeout: float) -> None:
@@ -200,8 +240,12 @@ def _status_doc(spec: LabSpec) -> dict[str, Any]:
                          "api_ready": up, "kubeconfig": str(spec.kubeconfig), "etcd": etcd.get("endpoint"),
                          "pod_cidr": c.pod_cidr, "service_cidr": c.service_cidr})
         ready = set()
+        wg_keys: dict[str, str] = {}
         if up:
             for obj in apiclient.list_items(spec, c, "/api/v1/nodes"):
+                key = ((obj.get("metadata") or {}).get("annotations") or {}).get(WIREGUARD_PUB_KEY)
+                if key:
+                    wg_keys[obj["metadata"]["name"]] = str(key)
                 if any(k.get("type") == "Ready" and k.get("status") == "True"
                        for k in (obj.get("status") or {}).get("conditions") or []):
                     ready.add(obj["metadata"]["name"])
@@ -212,12 +256,20 @@ def _status_doc(spec: LabSpec) -> dict[str, Any]:
                              "phase": "Terminating" if md.get("deletionTimestamp") else st.get("phase", "Pending")})
         for n in c.nodes:
             nodes.append({"cluster": c.name, "name": n.name, "ip": n.internal_ip, "pod_cidr": n.pod_cidr,
-                          "netns": n.netns, "ready": n.name in ready})
+                          "netns": n.netns, "ready": n.name in ready, "wg_pub_key": wg_keys.get(n.name)})
     for comp in comps:
         comp["healthy"] = comp.get("state") == "running"
     return {"name": spec.name, "ready": sup.get("ready", False), "routing_mode": spec.routing_mode,
+            "encryption": spec.encryption, "encryption_strict_mode_cidr": spec.encryption_strict_mode_cidr,
             "state_dir": str(spec.state_dir), "clusters": clusters, "nodes": nodes, "pods": pods,
             "processes": comps, **({"error": sup["error"]} if "error" in sup else {})}
+
+
+def _encryption_text(spec: LabSpec) -> str:
+    if spec.encryption == "none":
+        return "none"
+    strict = f", strict mode {spec.encryption_strict_mode_cidr}" if spec.encryption_strict_mode_cidr else ""
+    return f"{spec.encryption} (devices {spec.wireguard_device}{strict})"
 
 
 def _table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> Table:
@@ -241,10 +293,12 @@ def status(name: str, output: str) -> None:
         return
     console = Console(width=160)
     console.print(f"lab {spec.name}: {'ready' if doc['ready'] else 'NOT READY'} ({spec.state_dir})")
+    console.print(f"routing mode {spec.routing_mode}, encryption {_encryption_text(spec)}")
     if "error" in doc:
         console.print(f"[red]{doc['error']}[/red]")
     console.print(_table("clusters", doc["clusters"], ["name", "id", "context", "api", "api_ready", "etcd"]))
-    console.print(_table("nodes", doc["nodes"], ["cluster", "name", "ip", "pod_cidr", "ready"]))
+    node_cols = ["cluster", "name", "ip", "pod_cidr", "ready"] + (["wg_pub_key"] if spec.encryption != "none" else [])
+    console.print(_table("nodes", doc["nodes"], node_cols))
     console.print(_table("pods", doc["pods"], ["cluster", "namespace", "name", "node", "ip", "phase"]))
     console.print(_table("processes", doc["processes"], ["name", "pid", "state", "healthy", "log"]))
 

@@ -12,7 +12,11 @@ the lab's "containers" are host processes in the lab's namespaces (lab/README.md
   bpffs directory, agent state (and API sockets) under the lab's state directory, each agent's
   socket load-balancing cgroup the lab's node cgroup ``<lab cgroup dir>/<node name>``;
 - the node namespace's underlay device is named, since its ``lo`` also holds a global address
-  (the API service IP).
+  (the API service IP);
+- with ``lab up --encryption wireguard``, the WireGuard device is ``cmwg<lab>{hash}`` (3 hex
+  digits for the lab; the agent puts 8 hex digits per node in place of ``{hash}``):
+  wireguard-go's devices and control sockets (``/var/run/wireguard/<name>.sock``) are global on
+  this host, so every node of every lab needs its own name (``spec.wireguard_device_template``).
 
 The agents' API sockets are on the host (a hostPath), so :func:`agent_status` reads them directly.
 """
@@ -48,8 +52,9 @@ from lab.supervisor.spec import (
 )
 from meshcore.errors import MeshError
 
-__all__ = ["DEFAULT_SOURCE", "MeshNotReady", "agent_pin_root", "agent_socket", "agent_state_root", "agent_status",
-           "install_mesh", "lab_cluster_at", "lab_install_options", "peer_blockers"]
+__all__ = ["DEFAULT_SOURCE", "MeshNotReady", "agent_pin_root", "agent_socket",
+           "agent_state_root", "agent_status", "install_mesh", "lab_cluster_at", "lab_install_options",
+           "peer_blockers"]
 
 DEFAULT_SOURCE: Final = "kubernetes"  # a lab's pods have no Cilium CRDs
 NAMESPACE: Final = "kube-system"
@@ -97,7 +102,19 @@ def lab_install_options(spec: LabSpec, cluster: ClusterSpec, source: str = DEFAU
         agent_kvstore_endpoint=f"https://{names.service_dns_name(NAMESPACE)}:{node_port}",
         agent_kvstore_host_ips=("127.0.0.1",),
         underlay_device=node_underlay_ifname(spec.name),
+        **_encryption_options(spec),
     )
+
+
+def _encryption_options(spec: LabSpec) -> dict[str, Any]:
+    """The lab's encryption install options (a strict-mode CIDR without encryption is passed on,
+    so that the options refuse it)."""
+    out: dict[str, Any] = {}
+    if spec.encryption_strict_mode_cidr is not None:
+        out["encryption_strict_mode_cidr"] = spec.encryption_strict_mode_cidr
+    if spec.encryption != "none":
+        out |= {"encryption": spec.encryption, "wireguard_device": spec.wireguard_device}
+    return out
 
 
 def lab_cluster_at(server: str) -> tuple[LabSpec, ClusterSpec] | None:
@@ -203,6 +220,16 @@ def _wait_agents(spec: LabSpec, kubeconfig: Path, deadline: float, echo: Echo) -
         time.sleep(POLL)
 
 
+def _encryption_flags(spec: LabSpec) -> str:
+    """The encryption flags of the lab's installs, as a user would type them (for the progress lines)."""
+    if spec.encryption == "none":
+        return ""
+    text = f" --encryption {spec.encryption} --wireguard-device '{spec.wireguard_device}'"
+    if spec.encryption_strict_mode_cidr:
+        text += f" --encryption-strict-mode-cidr {spec.encryption_strict_mode_cidr}"
+    return text
+
+
 def install_mesh(spec: LabSpec, *, kubeconfig: Path | None = None, source: str = DEFAULT_SOURCE,
                  timeout: float = 240.0, echo: Echo) -> None:
     """Enable clustermesh on every cluster of the lab (cluster ``cN``, ID ``N``, the lab's install
@@ -213,7 +240,8 @@ def install_mesh(spec: LabSpec, *, kubeconfig: Path | None = None, source: str =
     deadline = time.monotonic() + timeout
     for cluster in spec.clusters:
         echo(f"{cluster.name}: clustermesh enable --context {cluster.context} --cluster-name {cluster.name} "
-             f"--cluster-id {cluster.cluster_id} --source {source} (the lab's install options)")
+             f"--cluster-id {cluster.cluster_id} --source {source}{_encryption_flags(spec)} "
+             "(the lab's install options)")
         run_enable(cluster.context, kubeconfig=config, cluster_name=cluster.name, cluster_id=cluster.cluster_id,
                    base=lab_install_options(spec, cluster, source), wait=False,
                    echo=_prefixed(echo, f"{cluster.name}: "))

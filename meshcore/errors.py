@@ -71,7 +71,13 @@ class TxnTooLargeError(KVStoreError):
 
 
 class K8sError(MeshError):
-    """A Kubernetes API request failed (unreachable, refused, or answered with an error)."""
+    """A Kubernetes API request failed (unreachable, refused, or answered with an error).
+
+    ``status`` is the HTTP status of the error answer (None: no answer, e.g. unreachable)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class K8sGoneError(K8sError):
@@ -80,3 +86,8 @@ class K8sGoneError(K8sError):
 
 class K8sNotFoundError(K8sError):
     """The object or the resource type does not exist (HTTP 404), e.g. a CRD not yet installed."""
+
+
+class NodePublishError(K8sError):
+    """This node's encryption keys could not be published on its Node / CiliumNode; the message
+    names the object and, when the API refused (HTTP 403), the RBAC verb the agent lacks."""

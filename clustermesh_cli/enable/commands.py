@@ -93,12 +93,18 @@ def enable(context: str | None, kubeconfig: Path | None, cluster_name: str | Non
     Kubernetes API. Only what differs is written: running it again changes nothing. Then, unless
     --no-wait, it waits until the API server and every agent are ready.
 
+    With --encryption wireguard (Cilium's Helm encryption.enabled=true, encryption.type=wireguard)
+    every agent encrypts pod traffic to other nodes of the mesh with WireGuard; give the same
+    mode to every cluster. The settings are recorded in the clustermesh-config ConfigMap, so a
+    later enable without flags keeps them; --encryption none turns encryption off again.
+
     \b
     Examples:
       clustermesh enable --context kind-c1 --cluster-name c1 --cluster-id 1
       clustermesh enable --context kind-c1                  # again: reads name and ID, changes nothing
       clustermesh enable --context kind-c2 --cluster-name c2 --cluster-id 2 --service-type LoadBalancer
       clustermesh enable --context kind-c1 --cluster-name c1 --cluster-id 1 --dry-run -o yaml > c1.yaml
+      clustermesh enable --context kind-c1 --encryption wireguard --encryption-strict-mode-cidr 10.0.0.0/8
       clustermesh enable --context lab-c1                   # a lab cluster: the lab's options are used
 
     \b

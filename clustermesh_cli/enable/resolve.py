@@ -1,7 +1,8 @@
 """Pure: the :class:`InstallOptions` of an ``enable`` run, from the flags, the cluster and a base.
 
 Precedence, per field: a flag given on the command line; then what the cluster already has (its
-``clustermesh-config`` ConfigMap: name, ID, max-connected-clusters, routing mode, source; its
+``clustermesh-config`` ConfigMap: name, ID, max-connected-clusters, routing mode, source, the
+encryption settings; its
 ``clustermesh-apiserver`` Service: type and nodePort), so that re-running ``enable`` without flags
 keeps the install as it is; then the base options (a platform's defaults, e.g. the lab's); then
 the defaults of :class:`InstallOptions`. The name and ID have no default: the first ``enable`` of a
@@ -19,7 +20,7 @@ from clustermesh_cli.install.cliopts import INSTALL_PARAMS
 from clustermesh_cli.install.options import InstallOptions, InstallOptionsError
 from meshcore.errors import ConfigError
 
-__all__ = ["EnableUsageError", "config_defaults", "resolve_options", "service_defaults"]
+__all__ = ["ENCRYPTION_FIELDS", "EnableUsageError", "config_defaults", "resolve_options", "service_defaults"]
 
 Obj = Mapping[str, Any]
 
@@ -47,6 +48,24 @@ def config_defaults(data: Mapping[str, str] | None, *, cilium: bool = False) -> 
             out["routing_mode"] = data["routing-mode"].strip()
         if data.get("apiserver-source"):
             out["source"] = data["apiserver-source"].strip()
+        out.update(_encryption_defaults(data))
+    return out
+
+
+#: ``clustermesh-config`` keys of the encryption settings (see ``manifests.encryption_config``).
+_ENCRYPTION_KEYS = (("encryption", "encryption"), ("encryption-scope", "encryption_scope"),
+                    ("wireguard-device", "wireguard_device"),
+                    ("encryption-strict-mode-cidr", "encryption_strict_mode_cidr"))
+ENCRYPTION_FIELDS = frozenset({*(f for _, f in _ENCRYPTION_KEYS), "node_encryption"})
+
+
+def _encryption_defaults(data: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, field_name in _ENCRYPTION_KEYS:
+        if (data.get(key) or "").strip():
+            out[field_name] = data[key].strip()
+    if (data.get("encryption-node-encryption") or "").strip():
+        out["node_encryption"] = data["encryption-node-encryption"].strip().lower() == "true"
     return out
 
 
@@ -83,6 +102,11 @@ def resolve_options(*, cluster_name: str | None, cluster_id: int | None, params:
     kept = dict(existing)
     if "service_type" in given and given["service_type"] != kept.get("service_type"):
         kept.pop("node_port", None)  # another Service type: the old nodePort is not carried over
+    if given.get("encryption") == "none":
+        # encryption turned off: its recorded (and the base's) settings go with it
+        for name in ENCRYPTION_FIELDS - set(given):
+            kept.pop(name, None)
+            values.pop(name, None)
     values.update(kept)
     values.update(given)
     if cluster_name is not None:

@@ -164,7 +164,8 @@ def run_enable(context: str | None, *, kubeconfig: Path | None = None, cluster_n
             return EnableResult(ctx, options)
         echo(f"{'(dry run) ' if dry_run else ''}enabling clustermesh in context {ctx}: cluster "
              f"{options.cluster_name} (id {options.cluster_id}), namespace {namespace}, Service "
-             f"{options.service_type}, source {options.source}")
+             f"{options.service_type}, source {options.source}"
+             + (f", encryption {options.encryption}" if options.encryption != "none" else ""))
         _ensure_namespace(kube, namespace, dry_run=dry_run, echo=echo)
         secrets, notes = _secrets(kube, options)
         applied = apply_objects(kube, [*secrets, *render_manifests(options)], dry_run=dry_run, notes=notes)

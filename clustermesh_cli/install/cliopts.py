@@ -15,6 +15,9 @@ import click
 
 from clustermesh_cli.install import names
 from clustermesh_cli.install.options import (
+    DEFAULT_WIREGUARD_DEVICE,
+    ENCRYPTION_MODES,
+    ENCRYPTION_SCOPES,
     MAX_CONNECTED_CLUSTERS,
     ROUTING_MODES,
     SERVICE_TYPES,
@@ -52,11 +55,39 @@ _OPTIONS: tuple[Callable[[Any], Any], ...] = (
                  "hybrid mount).  [default: /sys/fs/cgroup]"),
     click.option("--underlay-device", default=None, metavar="IFNAME",
                  help="The nodes' device for node-to-node traffic.  [default: the agent's choice]"),
+    click.option("--encryption", type=click.Choice(ENCRYPTION_MODES), default=None,
+                 help="Transparent encryption of pod traffic between nodes, in this cluster and to every "
+                 "connected one: wireguard gives each agent a WireGuard device (port 51871/udp) and key, "
+                 "publishes the public key on its Node/CiliumNode (annotation network.cilium.io/wg-pub-key) "
+                 "and peers with every other node of the mesh. Use the same mode on every cluster (Cilium "
+                 "supports no mixed mode). Cilium: Helm encryption.enabled=true, encryption.type=wireguard.  "
+                 "[default: none]"),
+    click.option("--encryption-scope", type=click.Choice(ENCRYPTION_SCOPES), default=None,
+                 help="With --encryption wireguard: encrypt all pod traffic between nodes, or only traffic "
+                 "between clusters (inter-cluster; traffic inside this cluster stays plain). No Cilium "
+                 "equivalent (Cilium encrypts all).  [default: all]"),
+    click.option("--node-encryption/--no-node-encryption", default=None,
+                 help="With --encryption wireguard: also encrypt node-to-node, pod-to-node and node-to-pod "
+                 "traffic (nodes matching the agent's --node-encryption-opt-out-labels opt out; Cilium's "
+                 "default is node-role.kubernetes.io/control-plane). Cilium: Helm "
+                 "encryption.nodeEncryption=true.  [default: off]"),
+    click.option("--encryption-strict-mode-cidr", default=None, metavar="CIDR",
+                 help="With --encryption wireguard: drop, instead of sending in the clear, pod traffic to "
+                 "another node when source and destination are both in this IPv4 CIDR (e.g. the mesh's pod "
+                 "CIDRs) and the destination is not reached through WireGuard (no peer or key yet). Cilium: Helm "
+                 "encryption.strictMode.enabled=true, encryption.strictMode.cidr=CIDR."),
+    click.option("--wireguard-device", default=None, metavar="IFNAME",
+                 help="With --encryption wireguard: the agents' WireGuard device; a literal {hash} becomes 8 "
+                 "hex characters per node (for hosts where device names are global, like wireguard-go's "
+                 "sockets in /var/run/wireguard). Cilium: always cilium_wg0.  "
+                 f"[default: {DEFAULT_WIREGUARD_DEVICE}]"),
 )
 
 #: The parameter names ``@install_options`` adds (all fields of :class:`InstallOptions`).
 INSTALL_PARAMS = ("namespace", "image", "etcd_image", "service_type", "node_port", "source", "max_connected_clusters",
-                  "routing_mode", "enable_mcs_api", "enable_cilium_endpoint_slice", "cgroup_root", "underlay_device")
+                  "routing_mode", "enable_mcs_api", "enable_cilium_endpoint_slice", "cgroup_root", "underlay_device",
+                  "encryption", "encryption_scope", "node_encryption", "encryption_strict_mode_cidr",
+                  "wireguard_device")
 
 
 def install_options(f: F) -> F:

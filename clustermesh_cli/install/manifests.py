@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from clustermesh_cli.install import names
-from clustermesh_cli.install.options import InstallOptions
+from clustermesh_cli.install.options import DEFAULT_WIREGUARD_DEVICE, InstallOptions
 from clustermesh_cli.install.rbac import agent_rules, apiserver_rules
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "agent_socket_path",
     "agent_kvstore_config",
     "agent_kubeconfig",
+    "encryption_config",
     "etcd_init_script",
 ]
 
@@ -128,7 +129,21 @@ def cluster_config_map(options: InstallOptions) -> Obj:
     if options.routing_mode == "tunnel":
         data["tunnel-protocol"] = "vxlan"
     data["apiserver-source"] = options.source
+    data.update(encryption_config(options))
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(names.CONFIG_MAP, options), "data": data}
+
+
+def encryption_config(options: InstallOptions) -> dict[str, str]:
+    """The encryption settings recorded in ``clustermesh-config`` (none when encryption is off), so
+    that a later ``enable`` without flags keeps them and status commands can show them."""
+    if options.encryption == "none":
+        return {}
+    data = {"encryption": options.encryption, "encryption-scope": options.encryption_scope,
+            "wireguard-device": options.wireguard_device,
+            "encryption-node-encryption": "true" if options.node_encryption else "false"}
+    if options.encryption_strict_mode_cidr is not None:
+        data["encryption-strict-mode-cidr"] = options.encryption_strict_mode_cidr
+    return data
 
 
 def agent_kvstore_config(options: InstallOptions) -> str:
@@ -354,7 +369,23 @@ def _agent_args(options: InstallOptions) -> list[str]:
     ]  # fmt: skip
     if options.underlay_device is not None:
         args += ["--underlay-device", options.underlay_device]
-    return [*args, *options.agent_extra_args]
+    return [*args, *_encryption_args(options), *options.agent_extra_args]
+
+
+def _encryption_args(options: InstallOptions) -> list[str]:
+    """The agent's encryption flags: only those that differ from the agent's defaults."""
+    if options.encryption == "none":
+        return []
+    args = ["--encryption", options.encryption]
+    if options.wireguard_device != DEFAULT_WIREGUARD_DEVICE:
+        args += ["--wireguard-device", options.wireguard_device]
+    if options.encryption_scope != "all":
+        args += ["--encryption-scope", options.encryption_scope]
+    if options.node_encryption:
+        args.append("--encryption-node-encryption")
+    if options.encryption_strict_mode_cidr is not None:
+        args += ["--encryption-strict-mode-cidr", options.encryption_strict_mode_cidr]
+    return args
 
 
 def _clustermesh_volume() -> Obj:

@@ -26,6 +26,9 @@ __all__ = [
     "SERVICE_TYPES",
     "SOURCES",
     "ROUTING_MODES",
+    "ENCRYPTION_MODES",
+    "ENCRYPTION_SCOPES",
+    "DEFAULT_WIREGUARD_DEVICE",
     "MAX_CONNECTED_CLUSTERS",
     "InstallOptionsError",
     "InstallOptions",
@@ -38,6 +41,11 @@ IMAGE_REPOSITORY: Final = "ghcr.io/clustermesh-py/clustermesh"
 SERVICE_TYPES: Final = ("NodePort", "LoadBalancer")
 SOURCES: Final = ("cilium", "kubernetes")
 ROUTING_MODES: Final = ("tunnel", "native")
+ENCRYPTION_MODES: Final = ("none", "wireguard")
+ENCRYPTION_SCOPES: Final = ("all", "inter-cluster")
+DEFAULT_WIREGUARD_DEVICE: Final = "cilium_wg0"
+#: The agent replaces this in ``--wireguard-device`` by 8 hex characters per node.
+WIREGUARD_DEVICE_HASH: Final = "{hash}"
 MAX_CONNECTED_CLUSTERS: Final = (255, 511)
 PULL_POLICIES: Final = ("IfNotPresent", "Always", "Never")
 ETCD_MEDIA: Final = ("", "Memory")
@@ -46,6 +54,7 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _IMAGE = re.compile(r"^[^\s]+$")
 _ANNOTATION_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _DEVICE = re.compile(r"^[^\s/]{1,15}$")
+_WG_DEVICE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # the agent's rule for --wireguard-device
 
 
 def _is_ip(text: str) -> bool:
@@ -107,6 +116,12 @@ class InstallOptions:
     - ``mount_kernel_headers``: mount the host's ``/lib/modules`` and ``/usr/src`` read-only (bcc
       compiles the datapath against the node's kernel headers);
     - ``agent_extra_args`` / ``apiserver_extra_args``: appended to the commands as given.
+
+    Encryption (Cilium's Helm ``encryption.*``): ``encryption`` ``none`` or ``wireguard``;
+    ``encryption_scope``, ``node_encryption`` and ``encryption_strict_mode_cidr`` need
+    ``wireguard`` (they would promise a protection that is not there); ``wireguard_device`` is only
+    used with it (a ``{hash}`` in it becomes 8 hex characters per node, for hosts where device
+    names are global, as with wireguard-go's sockets).
     """
 
     cluster_name: str
@@ -134,6 +149,11 @@ class InstallOptions:
     kube_api_server: str = "https://kubernetes.default.svc:443"
     agent_kvstore_endpoint: str | None = None
     agent_kvstore_host_ips: tuple[str, ...] = ()
+    encryption: str = "none"
+    encryption_scope: str = "all"
+    node_encryption: bool = False
+    encryption_strict_mode_cidr: str | None = None
+    wireguard_device: str = DEFAULT_WIREGUARD_DEVICE
     agent_extra_args: tuple[str, ...] = ()
     apiserver_extra_args: tuple[str, ...] = ()
 
@@ -218,6 +238,32 @@ class InstallOptions:
         if self.agent_kvstore_host_ips and _is_ip(urlsplit(self.resolved_agent_kvstore_endpoint).hostname or ""):
             raise _fail("agent_kvstore_host_ips", list(self.agent_kvstore_host_ips),
                         "needs an endpoint with a host name to alias; --agent-kvstore-endpoint is an IP already")
+        self._validate_encryption()
+
+    def _validate_encryption(self) -> None:
+        self._one_of("encryption", ENCRYPTION_MODES)
+        self._one_of("encryption_scope", ENCRYPTION_SCOPES)
+        if not _WG_DEVICE.fullmatch(self.wireguard_device.replace(WIREGUARD_DEVICE_HASH, "0" * 8)):
+            raise _fail("wireguard_device", self.wireguard_device,
+                        "must be a device name of 1-15 letters, digits, '_', '.' or '-' (a {hash} counts as 8), "
+                        "e.g. cilium_wg0")
+        if self.encryption_strict_mode_cidr is not None:
+            try:
+                cidr = ipaddress.ip_network(self.encryption_strict_mode_cidr, strict=True)
+            except ValueError as err:
+                raise _fail("encryption_strict_mode_cidr", self.encryption_strict_mode_cidr,
+                            f"is not a CIDR ({err}), e.g. 10.0.0.0/8") from None
+            if cidr.version != 4:
+                raise _fail("encryption_strict_mode_cidr", self.encryption_strict_mode_cidr,
+                            "must be an IPv4 CIDR (strict mode is IPv4 only, as in Cilium)")
+        if self.encryption == "none":
+            needs = [name for name, value in (("encryption_scope", self.encryption_scope != "all"),
+                                              ("node_encryption", self.node_encryption),
+                                              ("encryption_strict_mode_cidr", self.encryption_strict_mode_cidr))
+                     if value]
+            if needs:
+                value = getattr(self, needs[0])
+                raise _fail(needs[0], value, "needs --encryption wireguard (without it nothing is encrypted)")
 
     def _one_of(self, name: str, allowed: tuple[str, ...]) -> None:
         value = getattr(self, name)

@@ -4,6 +4,15 @@ Nothing here needs the supervisor: a lab is found by its name alone (lab/README.
 killed with SIGKILL half way is cleaned as well as a healthy lab. The order matters: processes
 first (so nothing re-creates what is removed next), then mounts, namespaces, cgroups, pins,
 kubeconfig contexts, and the state directory last (it holds the records the earlier steps read).
+
+WireGuard: with ``lab up --encryption wireguard`` each agent runs a ``wireguard-go`` (in its own
+session, but with the agent's environment and cgroup, so the sweep finds it as a lab process).
+Deleting a node namespace does not end it (the process keeps the namespace alive), and a
+SIGKILLed wireguard-go leaves its control socket ``/var/run/wireguard/<device>.sock`` behind. So
+the lab's wireguard-go processes get SIGTERM first (they then remove their own socket); then the
+sockets still there of the lab's devices (those its processes served, and those named with the
+lab's own device pattern, ``spec.wireguard_device_pattern``) are removed unless a live wireguard-go
+serves them. Other sockets (other labs', tests') are never touched.
 """
 
 from __future__ import annotations
@@ -29,10 +38,14 @@ from lab.supervisor.spec import (
     load,
     state_dir,
     validate_lab_name,
+    wireguard_device_pattern,
 )
 
 _KILL_ROUNDS = 10
 _TERM_WAIT = 10.0
+_WG_TERM_WAIT = 3.0
+WIREGUARD_RUN_DIR = Path("/var/run/wireguard")
+WIREGUARD_RECORD = "wireguard-devices.json"
 
 
 @dataclass
@@ -212,6 +225,81 @@ def _rm_pins(directory: Path, report: CleanupReport) -> None:
     report.paths.append(str(directory))
 
 
+def _argv(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return []
+
+
+def wireguard_go_device(pid: int) -> str | None:
+    """The device a live ``wireguard-go [-f] NAME`` process serves (None for any other process)."""
+    argv = _argv(pid)
+    if len(argv) < 2 or os.path.basename(argv[0]) != b"wireguard-go" or not _alive(pid):
+        return None
+    device = argv[-1].decode(errors="replace")
+    valid = 0 < len(device) <= 15 and "/" not in device and device not in (".", "..") and not device.startswith("-")
+    return device if valid else None
+
+
+def _wireguard_go_pids(pids: Iterable[int]) -> dict[int, str]:
+    return {pid: dev for pid in set(pids) if (dev := wireguard_go_device(pid)) is not None}
+
+
+def _recorded_devices(root: Path) -> set[str]:
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        return {str(d) for d in json.loads((root / WIREGUARD_RECORD).read_text())}
+    return set()
+
+
+def lab_wireguard_devices(root: Path, pids: Iterable[int]) -> set[str]:
+    """The WireGuard devices of a lab: those its live wireguard-go processes (among ``pids``) serve,
+    plus those an earlier, interrupted sweep recorded in ``root``. The union is recorded there (if
+    the state directory exists), so that a sweep killed half way still knows them next time."""
+    devices = _recorded_devices(root) | set(_wireguard_go_pids(pids).values())
+    if devices and root.is_dir():
+        with contextlib.suppress(OSError):
+            (root / WIREGUARD_RECORD).write_text(json.dumps(sorted(devices)))
+    return devices
+
+
+def stop_wireguard_go(pids: Iterable[int], report: CleanupReport, *, within: float = _WG_TERM_WAIT) -> None:
+    """SIGTERM the wireguard-go processes among ``pids`` and wait (bounded) for them to end: they
+    delete their device and remove their control socket themselves (SIGKILL would leave it)."""
+    found = list(_wireguard_go_pids(pids))
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+        report.processes.append(pid)
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline and any(_alive(p) for p in found):
+        time.sleep(0.02)
+
+
+def pattern_wireguard_devices(name: str, run_dir: Path = WIREGUARD_RUN_DIR) -> set[str]:
+    """Devices of ``run_dir``'s sockets whose names are lab ``name``'s (its device pattern)."""
+    pattern = wireguard_device_pattern(name)
+    try:
+        entries = list(run_dir.iterdir())
+    except OSError:
+        return set()
+    return {e.name[: -len(".sock")] for e in entries
+            if e.name.endswith(".sock") and pattern.fullmatch(e.name[: -len(".sock")])}
+
+
+def remove_wireguard_sockets(devices: Iterable[str], report: CleanupReport,
+                             run_dir: Path = WIREGUARD_RUN_DIR) -> None:
+    """Remove ``<run_dir>/<device>.sock`` of each of ``devices`` that no live wireguard-go serves
+    (sockets of other devices, e.g. other labs' or tests', are never looked at)."""
+    live = set(_wireguard_go_pids(int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()).values())
+    for device in sorted(set(devices) - live):
+        sock = run_dir / f"{device}.sock"
+        if sock.is_socket():
+            with contextlib.suppress(OSError):
+                sock.unlink()
+                report.paths.append(str(sock))
+
+
 def sweep(name: str) -> CleanupReport:
     """Take lab ``name`` down completely; safe to call on a lab that does not exist."""
     validate_lab_name(name)
@@ -221,9 +309,13 @@ def sweep(name: str) -> CleanupReport:
         spec = load(name)
     except LabSpecError:
         spec = None
-    _stop_supervisor(name, report)
     cgroup_root = _lab_cgroup(name)
+    wireguard = lab_wireguard_devices(root, [*lab_processes(name), *_cgroup_pids(cgroup_root)])
+    _stop_supervisor(name, report)
+    if wireguard:
+        stop_wireguard_go([*lab_processes(name), *_cgroup_pids(cgroup_root)], report)
     kill_all(lambda: [*lab_processes(name), *_cgroup_pids(cgroup_root)], report)
+    remove_wireguard_sockets(wireguard | pattern_wireguard_devices(name), report)
     made = created_paths(root)
     bpf_dir = BPFFS / f"clustermesh-lab-{name}"
     _unmount([root, bpf_dir, *made], report)

@@ -7,6 +7,7 @@ lab/README.md without talking to the supervisor.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import re
@@ -27,6 +28,7 @@ DEFAULT_NAME = "lab"
 API_SERVICE_PORT = 443
 
 RoutingMode = Literal["tunnel", "native"]
+ENCRYPTION_MODES = ("none", "wireguard")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{1,6}$")
 
 
@@ -42,6 +44,19 @@ def validate_lab_name(name: str) -> str:
             "(it prefixes namespace and interface names)"
         )
     return name
+
+
+def wireguard_device_template(name: str) -> str:
+    """The lab's ``--wireguard-device``: ``cmwg``, 3 hex digits of sha256(lab name), then the agent's
+    ``{hash}`` (8 hex digits of sha256("<cluster>/<node>")), 15 characters in all. wireguard-go
+    device names (and control sockets) are global on this host and every lab has a ``c1-n0``: the
+    lab part keeps labs apart (``lab up`` refuses a lab whose part another lab here shares)."""
+    return f"cmwg{hashlib.sha256(validate_lab_name(name).encode()).hexdigest()[:3]}{{hash}}"
+
+
+def wireguard_device_pattern(name: str) -> re.Pattern[str]:
+    """Matches the device names :func:`wireguard_device_template` gives the nodes of lab ``name``."""
+    return re.compile(re.escape(wireguard_device_template(name).replace("{hash}", "")) + r"[0-9a-f]{8}")
 
 
 def state_dir(name: str) -> Path:
@@ -102,6 +117,9 @@ class LabSpec:
     clusters: tuple[ClusterSpec, ...]
     kubeconfig_merged: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: ``lab up --encryption`` / ``--encryption-strict-mode-cidr``, given to every cluster's install.
+    encryption: str = "none"
+    encryption_strict_mode_cidr: str | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -123,6 +141,11 @@ class LabSpec:
     @property
     def bpffs_dir(self) -> Path:
         return BPFFS / f"clustermesh-lab-{self.name}"
+
+    @property
+    def wireguard_device(self) -> str:
+        """The ``--wireguard-device`` template of this lab's agents (see :func:`wireguard_device_template`)."""
+        return wireguard_device_template(self.name)
 
     @property
     def nodes(self) -> list[NodeSpec]:
@@ -168,8 +191,10 @@ class LabSpec:
 
 def plan(name: str, clusters: int, nodes: int, *, routing_mode: RoutingMode = "tunnel",
          api_ports: list[int] | None = None, api_internal_ports: list[int] | None = None,
-         kubeconfig_merged: str | None = None) -> LabSpec:
-    """The lab ``name`` with ``clusters`` clusters of ``nodes`` nodes each.
+         kubeconfig_merged: str | None = None, encryption: str = "none",
+         encryption_strict_mode_cidr: str | None = None) -> LabSpec:
+    """The lab ``name`` with ``clusters`` clusters of ``nodes`` nodes each (``encryption`` and
+    ``encryption_strict_mode_cidr`` are recorded for the mesh install, which validates them).
 
     ``api_ports`` gives each cluster's API port on 127.0.0.1 and ``api_internal_ports`` the port of
     the API process behind it (chosen by the caller, who can probe for free ones)."""
@@ -180,6 +205,8 @@ def plan(name: str, clusters: int, nodes: int, *, routing_mode: RoutingMode = "t
         raise LabSpecError(f"--nodes must be between 1 and {MAX_NODES}, not {nodes}")
     if routing_mode not in ("tunnel", "native"):
         raise LabSpecError(f"--routing-mode must be tunnel or native, not {routing_mode!r}")
+    if encryption not in ENCRYPTION_MODES:
+        raise LabSpecError(f"--encryption must be none or wireguard, not {encryption!r}")
     ports = api_ports or [0] * clusters
     internal_ports = api_internal_ports or [0] * clusters
     if len(ports) != clusters or len(internal_ports) != clusters:
@@ -204,7 +231,8 @@ def plan(name: str, clusters: int, nodes: int, *, routing_mode: RoutingMode = "t
             service_cidr=str(svc), api_service_ip=str(svc.network_address + 1), api_port=ports[i],
             nodes=node_specs, api_internal_port=internal_ports[i],
         ))  # fmt: skip
-    return LabSpec(name=name, routing_mode=routing_mode, clusters=tuple(out), kubeconfig_merged=kubeconfig_merged)
+    return LabSpec(name=name, routing_mode=routing_mode, clusters=tuple(out), kubeconfig_merged=kubeconfig_merged,
+                   encryption=encryption, encryption_strict_mode_cidr=encryption_strict_mode_cidr)
 
 
 def from_dict(doc: dict[str, Any]) -> LabSpec:
@@ -214,7 +242,9 @@ def from_dict(doc: dict[str, Any]) -> LabSpec:
             ClusterSpec(**{**c, "nodes": tuple(NodeSpec(**n) for n in c["nodes"])}) for c in doc["clusters"]
         )
         return LabSpec(name=validate_lab_name(doc["name"]), routing_mode=doc["routing_mode"], clusters=clusters,
-                       kubeconfig_merged=doc.get("kubeconfig_merged"), extra=dict(doc.get("extra") or {}))
+                       kubeconfig_merged=doc.get("kubeconfig_merged"), extra=dict(doc.get("extra") or {}),
+                       encryption=str(doc.get("encryption") or "none"),
+                       encryption_strict_mode_cidr=doc.get("encryption_strict_mode_cidr"))
     except (KeyError, TypeError) as err:
         raise LabSpecError(f"broken lab spec: {err!r}") from err
 

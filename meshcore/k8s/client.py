@@ -31,10 +31,10 @@ def _error(status: int | None, body: bytes | str, what: str) -> K8sError:
         message = str(body)[:300]
     text = f"{what}: HTTP {status}: {message}"
     if status == 410:
-        return K8sGoneError(text)
+        return K8sGoneError(text, status=status)
     if status == 404:
-        return K8sNotFoundError(text)
-    return K8sError(text)
+        return K8sNotFoundError(text, status=status)
+    return K8sError(text, status=status)
 
 
 def _selectors(label_selector: str | None, field_selector: str | None) -> list[tuple[str, Any]]:
@@ -91,13 +91,24 @@ class K8sApi:
         await self.close()
 
     async def _request(
-        self, method: str, path: str, query: list[tuple[str, Any]], *, request_timeout: float | None
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, Any]],
+        *,
+        request_timeout: float | None,
+        body: Any = None,
+        content_type: str | None = None,
     ) -> Any:
+        headers = {"Accept": "application/json"}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
         params = await self._client.param_serialize(
             method=method,
             resource_path=path,
             query_params=query,
-            header_params={"Accept": "application/json"},
+            header_params=headers,
+            body=body,
             auth_settings=["BearerToken"],
         )
         try:
@@ -112,6 +123,14 @@ class K8sApi:
         response = await self._request("GET", path, [], request_timeout=30)
         data = await response.read()
         self._raise_for_status(response.status, data, f"GET {path}")
+        result: Object = json.loads(data)
+        return result
+
+    async def patch(self, path: str, body: Object, *, content_type: str = "application/merge-patch+json") -> Object:
+        """PATCH the object at ``path`` (a JSON merge patch by default); the object as stored after it."""
+        response = await self._request("PATCH", path, [], request_timeout=30, body=body, content_type=content_type)
+        data = await response.read()
+        self._raise_for_status(response.status, data, f"PATCH {path}")
         result: Object = json.loads(data)
         return result
 
