@@ -104,13 +104,16 @@ class CacheObserver:
             self.on_delete(name)
             return
         key = self._key(name)
-        self._table[key] = converted
-        self._caches.touch(CacheChange(self._cluster, self._kind, key))
+        table = self._table
+        if table.get(key) == converted:
+            return  # rewritten with the same content (a relist, a KVStoreMesh resync): no change
+        table[key] = converted
+        self._caches.touch_key(self._cluster, self._kind, key)
 
     def on_delete(self, name: str) -> None:
         key = self._key(name)
         if self._table.pop(key, None) is not None:
-            self._caches.touch(CacheChange(self._cluster, self._kind, key))
+            self._caches.touch_key(self._cluster, self._kind, key)
 
 
 class MeshCaches:
@@ -128,6 +131,14 @@ class MeshCaches:
         self.version += 1
         if change is not None and self._pending is not None:
             self._pending[change] = None
+        self._changed.set()
+
+    def touch_key(self, cluster: str, kind: str, key: Hashable) -> None:
+        """:meth:`touch` for one record, without making a :class:`CacheChange` while nothing
+        tracks changes (the initial sync: 300k records at 250 clusters)."""
+        self.version += 1
+        if self._pending is not None:
+            self._pending[CacheChange(cluster, kind, key)] = None
         self._changed.set()
 
     def track(self) -> None:

@@ -133,7 +133,7 @@ class DesiredIndex:
                 self.apply(name, "identities", identity, labels)
             for svc_name, svc in view.services.items():
                 self.apply(name, "services", svc_name, svc)
-        self.take_delta()
+        self._clear_touched()
 
     def apply(self, cluster: str, kind: str, name: Hashable, record: Any) -> None:
         """Apply one change: ``record`` (a cache record, a wire record, or None when gone) is now
@@ -179,9 +179,12 @@ class DesiredIndex:
             delta.services[name] = self._service_backends(name)
         for identity in self._touched_identities:
             delta.identities[identity] = self._policy_identity(identity)
+        self._clear_touched()
+        return delta
+
+    def _clear_touched(self) -> None:
         self._touched_ip, self._touched_routes, self._touched_peers = set(), set(), set()
         self._touched_services, self._touched_identities = set(), set()
-        return delta
 
     def ipcache_entry(self, prefix: str) -> IPCacheEntry | None:
         """The winning entry of ``prefix`` (``/bits`` form or prefix key), if any."""

@@ -131,8 +131,36 @@ _DEFAULT_INTERNER = Interner()
 # ---- prefixes ----
 
 
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
 def _canonical(text: str) -> tuple[str, int, int] | None:
-    """(network address, bits, full bits) of ``text``, or None if unparsable."""
+    """(network address, bits, full bits) of ``text``, or None if unparsable.
+
+    ``inet_pton``/``inet_ntop`` do the common ``ip[/bits]`` forms (about 8x faster than
+    :mod:`ipaddress`, which matters for 25k node records at start); they reject what
+    ``ipaddress`` rejects there (IPv4 octets with leading zeros, zones). Anything else (a netmask
+    after the slash) goes to :func:`ipaddress.ip_network`."""
+    ip, slash, bits_text = text.partition("/")
+    family, full = (socket.AF_INET6, 128) if ":" in ip else (socket.AF_INET, 32)
+    if "%" in ip or (slash and not (bits_text.isascii() and bits_text.isdigit())):
+        return _canonical_slow(text)
+    try:
+        raw = socket.inet_pton(family, ip)
+    except (OSError, ValueError):
+        return None
+    if full == 128 and raw[:12] == _V4_MAPPED:
+        return _canonical_slow(text)
+    bits = int(bits_text) if slash else full
+    if bits > full:
+        return None
+    if bits < full:
+        shift = full - bits
+        raw = (int.from_bytes(raw, "big") >> shift << shift).to_bytes(full // 8, "big")
+    return socket.inet_ntop(family, raw), bits, full
+
+
+def _canonical_slow(text: str) -> tuple[str, int, int] | None:
     try:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError:

@@ -75,8 +75,10 @@ class AgentRemoteWork:
         caches: MeshCaches,
         metrics: AgentMetrics | None = None,
         max_connected_clusters: int = DEFAULT_MAX_CONNECTED_CLUSTERS,
+        list_slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.name = name
+        self._list_slots = list_slots
         self._caches = caches
         self._metrics = metrics
         self._max_connected_clusters = max_connected_clusters
@@ -178,7 +180,11 @@ class AgentRemoteWork:
                 watch_prefix(spec.wire_kind, self.name, cached=cached),
                 self._counting(kind, spec.decoder(self._remote_info)),
                 self._caches.observer(self.name, spec.cache),
-                keep_values=False,  # the caches keep the compact record; the store only a hash
+                # The caches keep the compact record and ignore an equal one: the store keeps
+                # only the key.
+                keep_values=False,
+                keep_digests=False,
+                list_slots=self._list_slots,
             )
 
     def _counting(self, kind: str, decode: Callable[[str, bytes], Any]) -> Callable[[str, bytes], Any]:
@@ -210,6 +216,12 @@ class AgentRemoteWork:
         synced()
 
 
+INITIAL_LIST_SLOTS = 48
+"""Snapshots (one per remote and kind) listed and decoded at once, over all remotes: enough to
+keep etcd busy while the agent decodes, few enough that 250 clusters' raw lists are never all in
+memory together."""
+
+
 class AgentWorkFactory:
     """The ``WorkFactory`` the agent hands to :class:`~meshcore.clustermesh.remote.ClusterMesh`:
     one :class:`AgentRemoteWork` per remote, all feeding the same caches and metrics, kept in
@@ -221,15 +233,19 @@ class AgentWorkFactory:
         metrics: AgentMetrics | None = None,
         *,
         max_connected_clusters: int = DEFAULT_MAX_CONNECTED_CLUSTERS,
+        list_slots: int = INITIAL_LIST_SLOTS,
     ) -> None:
         self.caches = caches
         self.metrics = metrics
         self.max_connected_clusters = max_connected_clusters
         self.works: dict[str, AgentRemoteWork] = {}
+        # One bound for every remote: what is held at once while the mesh syncs.
+        self._list_slots = asyncio.Semaphore(list_slots)
 
     def __call__(self, name: str) -> RemoteWork:
         work = AgentRemoteWork(
-            name, caches=self.caches, metrics=self.metrics, max_connected_clusters=self.max_connected_clusters
+            name, caches=self.caches, metrics=self.metrics, max_connected_clusters=self.max_connected_clusters,
+            list_slots=self._list_slots,
         )
         self.works[name] = work
         return work

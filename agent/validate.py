@@ -133,11 +133,13 @@ def validate_service(remote: RemoteInfo, name: str, svc: ClusterService) -> Clus
 
 
 def validate_ip(remote: RemoteInfo, name: str, pair: IPIdentityPair) -> IPIdentityPair:
-    """Check an ipcache pair read from ``<ip prefix>/<prefix>``; ID 1 (host) becomes 6
+    """Check an ipcache pair (as :func:`decode_ip_identity` returns it: canonical IPs) read from
+    ``<ip prefix>/<prefix>``; ID 1 (host) becomes 6
     (remote-node): a remote cluster's host is a remote node here."""
     if not pair.ip:
         raise WireError("ipcache entry has no IP", field="IP")
-    prefix = pair.prefix_string()
+    # decode_ip_identity canonicalised the IP already: a host entry's prefix is the IP itself.
+    prefix = pair.ip if pair.mask is None else pair.prefix_string()
     if prefix != name:
         raise WireError(f"key suffix {name!r} differs from the entry's prefix {prefix!r}", field="IP")
     if pair.id == 0:

@@ -14,8 +14,9 @@ The stream of events it yields is what a reader needs to keep an exact copy of a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
+from contextlib import aclosing, nullcontext
 from dataclasses import dataclass
 
 from meshcore.backoff import Backoff
@@ -66,12 +67,16 @@ ListWatchEvent = ListStart | ListDone | Upsert | Delete | Connection
 
 
 async def list_and_watch(
-    kv: KVStore, prefix: str, *, backoff: Backoff | None = None
+    kv: KVStore, prefix: str, *, backoff: Backoff | None = None, list_slots: asyncio.Semaphore | None = None
 ) -> AsyncGenerator[ListWatchEvent, None]:
     """Yield a snapshot of ``prefix`` and then every change to it, until the caller stops.
 
     Errors never end the stream: unreachable etcd is retried with ``backoff``; a compacted
     revision or a replaced cluster leads to a fresh snapshot. Only cancellation ends it.
+
+    ``list_slots``, shared by many streams, bounds how many snapshots are in memory at once: a
+    slot is held from the list request until the consumer has taken the snapshot's last entry
+    (an agent starting on 250 clusters would otherwise hold all 1000 raw lists together).
     """
     log = get_logger(__name__, prefix=prefix)
     backoff = backoff or Backoff(initial=0.2, maximum=10.0)
@@ -81,15 +86,16 @@ async def list_and_watch(
     while True:
         try:
             if revision == 0:
-                snapshot = await kv.list_prefix(prefix)
-                if not connected:
-                    connected = True
-                    yield Connection(True)
-                yield ListStart()
-                for item in snapshot.items:
-                    yield Upsert(item.key, item.value, item.mod_revision)
-                revision = snapshot.revision
-                del snapshot  # not kept while watching: at 250k remote keys the raw list is ~100 MB
+                async with list_slots or nullcontext():
+                    snapshot = await kv.list_prefix(prefix)
+                    if not connected:
+                        connected = True
+                        yield Connection(True)
+                    yield ListStart()
+                    for item in snapshot.items:
+                        yield Upsert(item.key, item.value, item.mod_revision)
+                    revision = snapshot.revision
+                    del snapshot  # not kept while watching: at 250k remote keys the raw list is ~100 MB
                 cluster = kv.cluster_id
                 yield ListDone(revision)
             elif not connected:

@@ -7,7 +7,10 @@ an observer programming a datapath sees no churn from reconnects.
 
 Per key the store keeps a 64-bit hash of the raw value (it only has to tell "unchanged" on a
 re-list; at 250k remote entries the raw bytes would cost more than the records) and, unless
-``keep_values=False`` (an observer that keeps its own copy), the decoded value.
+``keep_values=False`` (an observer that keeps its own copy), the decoded value. With
+``keep_digests=False`` it keeps only the key: an unchanged value is then decoded again and
+handed to the observer, which must itself ignore a value equal to the one it has (the agent's
+caches compare their compact records; 10 MB less at 300k keys).
 
 Values are decoded by a caller-supplied function; a value that fails to decode is skipped, counted
 and logged once per key, and never reaches the observer (a bad remote must not crash the reader).
@@ -62,6 +65,9 @@ class WatchStoreStatus:
     last_error: str
 
 
+_ABSENT = object()
+
+
 class WatchStore(Generic[T]):
     """Keeps ``observer`` equal to the valid entries under ``prefix``.
 
@@ -77,13 +83,17 @@ class WatchStore(Generic[T]):
         *,
         backoff: Backoff | None = None,
         keep_values: bool = True,
+        keep_digests: bool = True,
+        list_slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self._kv = kv
         self._decode = decode
         self._observer = observer
         self._backoff = backoff
-        self._digests: dict[str, int] = {}
+        self._list_slots = list_slots
+        self._keep_digests = keep_digests
+        self._digests: dict[str, int | None] = {}  # None: known, value not hashed (keep_digests=False)
         self._values: dict[str, T] | None = {} if keep_values else None
         self._stale: set[str] = set()  # during a snapshot: known keys not seen again yet
         self._reported_invalid: set[str] = set()
@@ -131,7 +141,7 @@ class WatchStore(Generic[T]):
             self._kv = kv
         if self._kv is None:
             raise ValueError(f"WatchStore {self.prefix}: no kvstore to watch")
-        events = list_and_watch(self._kv, self.prefix, backoff=self._backoff)
+        events = list_and_watch(self._kv, self.prefix, backoff=self._backoff, list_slots=self._list_slots)
         async with aclosing(events):
             async for event in events:
                 self._handle(event)
@@ -159,10 +169,10 @@ class WatchStore(Generic[T]):
     def _upsert(self, key: str, raw: bytes) -> None:
         name = key[len(self.prefix) :]
         known = self._digests.get(name)
-        digest = hash(raw)
+        digest = hash(raw) if self._keep_digests else None
         if self._stale:
             self._stale.discard(name)
-        if known == digest:
+        if known is not None and known == digest:
             return
         try:
             value = self._decode(name, raw)
@@ -182,7 +192,7 @@ class WatchStore(Generic[T]):
 
     def _delete(self, name: str) -> None:
         self._reported_invalid.discard(self.prefix + name)
-        if self._digests.pop(name, None) is not None:
+        if self._digests.pop(name, _ABSENT) is not _ABSENT:
             if self._values is not None:
                 self._values.pop(name, None)
             self._stale.discard(name)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
-from typing import Any
 
-from agent.caches import CacheKind, CacheObserver, MeshCaches
+from agent.caches import MeshCaches
 from agent.desired import LocalInfo, build_desired
 from agent.metrics import AgentMetrics
 from agent.remote import AgentRemoteWork
@@ -225,26 +224,17 @@ async def test_canaries_gate_the_watchers(etcd_client: EtcdClient) -> None:
 
 
 class RecordingCaches(MeshCaches):
-    """Real caches that also record every observer call, to see reconnect churn."""
+    """Real caches that also record every change they emit, to see reconnect churn (the watch
+    stores hand unchanged values on; the caches drop the ones equal to what they hold)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.events: list[tuple[str, str, str]] = []
 
-    def observer(self, name: str, kind: CacheKind) -> CacheObserver:
-        inner = super().observer(name, kind)
-        events = self.events
-
-        class Recording(CacheObserver):
-            def on_upsert(self, key: str, value: Any) -> None:
-                events.append(("upsert", kind, key))
-                inner.on_upsert(key, value)
-
-            def on_delete(self, key: str) -> None:
-                events.append(("delete", kind, key))
-                inner.on_delete(key)
-
-        return Recording(self, {}, key=str, convert=lambda v: v)
+    def touch_key(self, cluster: str, kind: str, key: Hashable) -> None:
+        table = self.cluster(cluster).table(kind)
+        self.events.append(("upsert" if key in table else "delete", kind, str(key)))
+        super().touch_key(cluster, kind, key)
 
 
 async def test_reconnect_sweeps_only_what_did_not_come_back(etcd: EtcdProcess, etcd_client: EtcdClient) -> None:
