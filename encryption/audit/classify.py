@@ -9,13 +9,17 @@ Classes, checked in this order:
 
 - ``ipsec``: IP protocol 50 (ESP), or UDP port 4500 whose first four payload bytes (the SPI) are
   not zero (ESP-in-UDP, RFC 3948; a zero marker is IKE, a single 0xff byte a NAT keepalive);
-- ``plaintext-pod``: either outer address is in a pod CIDR (plain IP carrying pod traffic);
+- ``plaintext-pod``: both outer addresses are in pod CIDRs (plain IP carrying pod-to-pod traffic);
+- ``plaintext-host``: one outer address is a node's, the other a pod's (host-to-pod traffic, such
+  as an agent talking to a clustermesh-apiserver pod on another node: Cilium encrypts it only with
+  node encryption, so it is reported, not failed);
 - between two node IPs:
 
   - ``wireguard``: UDP from or to a WireGuard port (Cilium's 51871, or the plan's) whose payload
     starts like a WireGuard message (type 1-4, three reserved zero bytes, the type's length);
   - VXLAN (UDP 8472, Cilium's, or 4789) or Geneve (UDP 6081): the inner packet decides:
-    ``plaintext-pod`` when its source or destination is in a pod CIDR, ``ipsec`` when it is ESP,
+    ``plaintext-pod`` when its source and destination are in pod CIDRs, ``plaintext-host`` when one
+    of them is, ``ipsec`` when it is ESP,
     else ``vxlan-other`` (Geneve included);
   - ``plaintext-node``: anything else (kubelet, etcd, health checks...): not a failure.
 
@@ -41,6 +45,7 @@ __all__ = [
     "IPSEC",
     "MALFORMED",
     "NAT_T_PORT",
+    "PLAINTEXT_HOST",
     "PLAINTEXT_NODE",
     "PLAINTEXT_POD",
     "VXLAN_OTHER",
@@ -55,11 +60,12 @@ __all__ = [
 WIREGUARD: Final = "wireguard"
 IPSEC: Final = "ipsec"
 PLAINTEXT_POD: Final = "plaintext-pod"
+PLAINTEXT_HOST: Final = "plaintext-host"
 PLAINTEXT_NODE: Final = "plaintext-node"
 VXLAN_OTHER: Final = "vxlan-other"
 MALFORMED: Final = "malformed"
 #: Every class, in the order reports list them.
-CLASSES: Final = (WIREGUARD, IPSEC, PLAINTEXT_POD, PLAINTEXT_NODE, VXLAN_OTHER, MALFORMED)
+CLASSES: Final = (WIREGUARD, IPSEC, PLAINTEXT_POD, PLAINTEXT_HOST, PLAINTEXT_NODE, VXLAN_OTHER, MALFORMED)
 
 CILIUM_WIREGUARD_PORT: Final = 51871
 NAT_T_PORT: Final = 4500
@@ -319,7 +325,7 @@ def classify(frame: bytes, plan: AuditPlan, *, raw_ip: bool = False) -> Classifi
         if len(spi) == 4 and spi != b"\0\0\0\0":
             return result(IPSEC)
     if src_pod is not None or dst_pod is not None:
-        return result(PLAINTEXT_POD, _flow(frame, ip), "ip")
+        return result(PLAINTEXT_POD if src_pod and dst_pod else PLAINTEXT_HOST, _flow(frame, ip), "ip")
     if ip.proto == _UDP and ports is None:
         return result(MALFORMED) if ip.first_fragment else result(PLAINTEXT_NODE)
     if ports is None:
@@ -348,6 +354,7 @@ def _classify_tunnel(frame: bytes, payload: int, dport: int, plan: AuditPlan,
         return result(MALFORMED)
     if inner.proto == _ESP:
         return result(IPSEC)
-    if plan.pod_owner(inner.src) is not None or plan.pod_owner(inner.dst) is not None:
-        return result(PLAINTEXT_POD, _flow(frame, inner), via)
+    inner_pods = (plan.pod_owner(inner.src) is not None) + (plan.pod_owner(inner.dst) is not None)
+    if inner_pods:
+        return result(PLAINTEXT_POD if inner_pods == 2 else PLAINTEXT_HOST, _flow(frame, inner), via)
     return result(VXLAN_OTHER)

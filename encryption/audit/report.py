@@ -21,6 +21,7 @@ from encryption.audit.classify import (
     CLASSES,
     IPSEC,
     MALFORMED,
+    PLAINTEXT_HOST,
     PLAINTEXT_NODE,
     PLAINTEXT_POD,
     VXLAN_OTHER,
@@ -33,7 +34,8 @@ FIRST_FLOWS: Final = 20
 #: What makes two capture points' flows the same flow (seen at both ends: listed once).
 _FLOW_KEY: Final = ("src_node", "dst_node", "via", "proto", "src", "sport", "dst", "dport")
 _COLUMNS: Final = (("WIREGUARD", (WIREGUARD,)), ("IPSEC", (IPSEC,)), ("PLAINTEXT-POD", (PLAINTEXT_POD,)),
-                   ("PLAINTEXT-NODE", (PLAINTEXT_NODE,)), ("OTHER", (VXLAN_OTHER, MALFORMED)))
+                   ("PLAINTEXT-HOST", (PLAINTEXT_HOST,)), ("PLAINTEXT-NODE", (PLAINTEXT_NODE,)),
+                   ("OTHER", (VXLAN_OTHER, MALFORMED)))
 
 
 @dataclass(frozen=True)

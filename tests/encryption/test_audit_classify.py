@@ -11,6 +11,7 @@ import pytest
 from encryption.audit.classify import (
     IPSEC,
     MALFORMED,
+    PLAINTEXT_HOST,
     PLAINTEXT_NODE,
     PLAINTEXT_POD,
     VXLAN_OTHER,
@@ -91,9 +92,9 @@ def test_plain_pod_tcp_between_nodes() -> None:
     assert (got.src_node, got.dst_node, got.via) == ("c1/n1", "c1/n2", "ip")
     assert got.flow == Flow("tcp", POD1, POD2, 41000, 80)
     assert str(got.flow) == "tcp 10.1.0.5:41000 -> 10.2.0.7:80"
-    # a pod talking to the other node's own address is pod traffic too
+    # a pod talking to the other node's own address is host traffic: reported, not a failure
     got = classify(eth(ipv4(POD1, N2, 1, b"\x08\x00" + bytes(30))), PLAN)
-    assert got is not None and got.cls == PLAINTEXT_POD and got.flow == Flow("icmp", POD1, N2)
+    assert got is not None and got.cls == PLAINTEXT_HOST and got.flow == Flow("icmp", POD1, N2)
 
 
 def test_vxlan_with_inner_pod_packet() -> None:
@@ -104,6 +105,12 @@ def test_vxlan_with_inner_pod_packet() -> None:
     assert got.flow == Flow("udp", POD1, POD2, 5353, 53)
     got = classify(eth(ipv4(N1, N2, 17, udp(33000, 4789, vxlan(inner)))), PLAN)
     assert got is not None and got.cls == PLAINTEXT_POD
+
+
+def test_vxlan_with_inner_host_to_pod_packet() -> None:
+    inner = eth(ipv4(N1, POD2, 6, tcp(40000, 2379)))
+    got = classify(eth(ipv4(N1, N2, 17, udp(33000, 8472, vxlan(inner)))), PLAN)
+    assert got is not None and got.cls == PLAINTEXT_HOST and got.flow == Flow("tcp", N1, POD2, 40000, 2379)
 
 
 def test_vxlan_with_inner_node_packet_and_geneve() -> None:
@@ -143,7 +150,7 @@ def test_raw_ip_vlan_and_ipv6() -> None:
     assert got is not None and got.cls == WIREGUARD
     hop_by_hop = bytes([6, 0]) + bytes(6)  # next header TCP
     got = classify(eth(ipv6("fd10::5", "fd00::3", 0, hop_by_hop + tcp(9, 80)), 0x86DD), plan6)
-    assert got is not None and got.cls == PLAINTEXT_POD and got.flow == Flow("tcp", "fd10::5", "fd00::3", 9, 80)
+    assert got is not None and got.cls == PLAINTEXT_HOST and got.flow == Flow("tcp", "fd10::5", "fd00::3", 9, 80)
     assert str(got.flow) == "tcp [fd10::5]:9 -> [fd00::3]:80"
 
 
