@@ -12,7 +12,17 @@ from pathlib import Path
 
 import click
 
-from agent.config import ALLOW_LOCALHOST, DATAPATHS, DEFAULT_PIN_ROOT, ROUTING_MODES, AgentConfig
+from agent.config import (
+    ALLOW_LOCALHOST,
+    DATAPATHS,
+    DEFAULT_OPT_OUT_LABELS,
+    DEFAULT_PIN_ROOT,
+    DEFAULT_WIREGUARD_DEVICE,
+    ENCRYPTION_MODES,
+    ENCRYPTION_SCOPES,
+    ROUTING_MODES,
+    AgentConfig,
+)
 from meshcore.cliopts import CONTEXT_SETTINGS, log_options, run_until_signalled
 from meshcore.errors import ConfigError
 from meshcore.log import configure as configure_logging
@@ -56,6 +66,33 @@ def _default_node_name() -> str:
               help="auto: traffic from the node itself (identity reserved:host, every address of the node's "
               "network namespace but 127/8: kubelet probes) reaches every local pod whatever the policies say "
               "(an explicit deny still wins). policy: only as a policy admits the host entity.")
+@click.option("--encryption", type=click.Choice(ENCRYPTION_MODES), default="none", show_default=True,
+              help="wireguard: encrypt pod traffic to the other nodes with WireGuard (--datapath bpf): the key is "
+              "kept in <state-dir>/cilium_wg0.key, every node publishing a key becomes a peer, and the kernel steers "
+              "the traffic into the device (tunnel mode: the VXLAN packets; native mode: the pod CIDRs). none: no "
+              "encryption; WireGuard steering rules a previous agent left are removed.")
+@click.option("--wireguard-device", default=DEFAULT_WIREGUARD_DEVICE, show_default=True, metavar="NAME",
+              help="The WireGuard device; a literal {hash} becomes 8 hex digits of sha256(<cluster>/<node>) (where "
+              "many nodes share one machine, wireguard-go device names must be unique machine-wide). At most 15 "
+              "characters once expanded.")
+@click.option("--wireguard-persistent-keepalive", type=int, default=0, show_default=True, metavar="SECONDS",
+              help="WireGuard persistent keepalive of every peer (0 = off).")
+@click.option("--encryption-scope", type=click.Choice(ENCRYPTION_SCOPES), default="all", show_default=True,
+              help="all: every other node of the mesh is a peer. inter-cluster: only the remote clusters' nodes; "
+              "traffic within this cluster stays plaintext.")
+@click.option("--encryption-node-encryption/--no-encryption-node-encryption", "node_encryption", default=False,
+              show_default=True, help="Also encrypt node-to-node traffic (host IPs) to peers that did not opt out "
+              "(Cilium's encrypt-node).")
+@click.option("--node-encryption-opt-out-labels", default=DEFAULT_OPT_OUT_LABELS, show_default=True,
+              metavar="SELECTOR", help="Label selector of nodes that opt out of node encryption: they advertise "
+              "encryption key 0, so no node encrypts host traffic to them (pod traffic still is). Empty: no node "
+              "opts out.")
+@click.option("--encryption-strict-mode-cidr", "strict_mode_cidr", metavar="CIDR",
+              help="Egress strict mode: drop (counted 'unencrypted') pod traffic to another node when source and "
+              "destination are both in this IPv4 CIDR and the destination's node is not a WireGuard peer. Without "
+              "--encryption wireguard every such packet is dropped.")
+@click.option("--encryption-strict-mode-allow-remote-node-identities", "strict_mode_allow_remote_node",
+              is_flag=True, default=False, help="Strict mode still lets traffic reach remote-node identities.")
 @click.option("--underlay-device", metavar="IFNAME",
               help="Device carrying node-to-node traffic (its IPv4 address is the node IP)  "
               "[default: the first device with a global IPv4 address]")
@@ -90,6 +127,14 @@ def main(
     tunnel_device: str,
     routing_mode: str,
     allow_localhost: str,
+    encryption: str,
+    wireguard_device: str,
+    wireguard_persistent_keepalive: int,
+    encryption_scope: str,
+    node_encryption: bool,
+    node_encryption_opt_out_labels: str,
+    strict_mode_cidr: str | None,
+    strict_mode_allow_remote_node: bool,
     underlay_device: str | None,
     cgroup: Path | None,
     state_dir: Path,
@@ -139,6 +184,14 @@ def main(
         allow_localhost=allow_localhost,
         underlay_device=underlay_device,
         cgroup=cgroup,
+        encryption=encryption,
+        wireguard_device=wireguard_device,
+        wireguard_persistent_keepalive=wireguard_persistent_keepalive,
+        encryption_scope=encryption_scope,
+        node_encryption=node_encryption,
+        node_encryption_opt_out_labels=node_encryption_opt_out_labels,
+        strict_mode_cidr=strict_mode_cidr,
+        strict_mode_allow_remote_node=strict_mode_allow_remote_node,
     )
     try:
         config.validate()

@@ -74,17 +74,7 @@ class Agent:
         self.started_at = time.time()
         self.datapath: NodeDatapath | None = None
         if config.datapath == "bpf":
-            self.datapath = NodeDatapath(
-                self.local,
-                NodeDatapathConfig(
-                    pin_root=config.pin_root,
-                    tunnel_device=config.tunnel_device,
-                    underlay_device=config.underlay_device,
-                    cgroup=config.cgroup,
-                    routing_mode=config.routing_mode,
-                    allow_localhost="policy" if config.allow_localhost == "policy" else "auto",
-                ),
-            )
+            self.datapath = NodeDatapath(self.local, NodeDatapathConfig.from_agent(config))
         self.policies: Any = None
         self.api = AgentAPI(
             config.socket_path,

@@ -45,9 +45,21 @@ Then (:meth:`NodeDatapath.run`) it keeps the maps equal to the desired state wit
 - services: per global service of the local cluster (its record in the local etcd), its local
   backends plus the remote clusters' backends, with the affinity annotation of the local Service.
 
+Encryption (``--encryption wireguard``, :mod:`agent.datapath.wireguard`): at start the key and the
+WireGuard device (before the programs are loaded); then three more reconcilers, the device's peers
+and the policy routing that steers traffic into it (:mod:`agent.datapath.steering`), fed from the
+remote clusters' WireGuard peers (:attr:`~agent.incremental.DesiredDelta.wireguard_peers`) and, with
+``--encryption-scope all``, this cluster's other nodes (the local etcd's node records, watched in
+both routing modes then). The ipcache's ``encrypt_key`` is 0xFF exactly for entries hosted on a
+configured peer (:attr:`~agent.datapath.ipfeed.IPCacheFeed.encrypt_hosts`), 0 otherwise (so
+``--encryption-strict-mode-cidr`` drops those); a change of the peer set re-emits only the entries
+of the nodes concerned. On a peer change: encrypt keys withdrawn, peers, steering, encrypt keys
+granted, in that order. ``--encryption none`` removes steering a previous agent left.
+
 Nothing is programmed before the clustermesh initial sync (or its timeout) and the first local
-read: a restarted agent must not sweep live entries from a half-synced view. Nothing is torn down
-on exit: pinned maps and attached programs keep forwarding until the next agent resyncs.
+read: a restarted agent must not sweep live entries from a half-synced view (this is also the
+WireGuard peer GC's fence). Nothing is torn down on exit: pinned maps, attached programs, the
+WireGuard device and its peers keep forwarding until the next agent resyncs.
 """
 
 from __future__ import annotations
@@ -81,6 +93,15 @@ from agent.datapath.targets import (
     routes_desired,
     services_desired,
 )
+from agent.datapath.wireguard import (
+    EncryptionConfig,
+    Publisher,
+    WireGuardNode,
+    disabled_status_json,
+    index_plaintext_nodes,
+    index_wireguard_peers,
+    steering_cleanup,
+)
 from agent.desired import Backend, IPCacheEntry, LocalInfo, NodeRoute, node_pod_cidrs, node_tunnel_ip
 from agent.incremental import DesiredDelta, DesiredIndex
 from agent.policy.resolve import HOST_IDENTITY, AllowLocalhost, PolicyState, compute_policy
@@ -104,7 +125,7 @@ __all__ = [
 ]
 
 DEFAULT_TUNNEL_DEVICE = "cilium_vxlan"
-_ALL_PARTS = ("endpoints", "routes", "services", "policy")
+_ALL_PARTS = ("endpoints", "routes", "services", "policy", "wireguard")
 ENDPOINT_RETRY = 1.0
 """Seconds between attempts to attach local pods whose veth was not there yet."""
 VXLAN_PORT = 8472
@@ -129,10 +150,35 @@ class NodeDatapathConfig:
     policy_sync_timeout: float = 10.0
     routing_mode: str = "tunnel"
     allow_localhost: AllowLocalhost = "auto"
+    encryption: EncryptionConfig = EncryptionConfig()
 
     @property
     def native(self) -> bool:
         return self.routing_mode == "native"
+
+    @classmethod
+    def from_agent(cls, config: Any) -> NodeDatapathConfig:
+        """The node datapath part of an :class:`~agent.config.AgentConfig`."""
+        return cls(
+            pin_root=config.pin_root,
+            tunnel_device=config.tunnel_device,
+            underlay_device=config.underlay_device,
+            cgroup=config.cgroup,
+            routing_mode=config.routing_mode,
+            allow_localhost="policy" if config.allow_localhost == "policy" else "auto",
+            encryption=EncryptionConfig(
+                mode=config.encryption,
+                device=config.wireguard_device_name,
+                keepalive=config.wireguard_persistent_keepalive,
+                scope=config.encryption_scope,
+                node_encryption=config.node_encryption,
+                opt_out_labels=config.node_encryption_opt_out_labels,
+                strict_cidr=config.strict_mode_cidr,
+                strict_allow_remote_node=config.strict_mode_allow_remote_node,
+                state_dir=config.state_dir,
+                kubeconfig=config.kubeconfig,
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +211,11 @@ def host_ipcache_entries(addresses: Iterable[str], cluster_id: int, cluster: str
 class NodeDatapath:
     """One node's datapath (see the module docstring)."""
 
-    def __init__(self, local: LocalInfo, config: NodeDatapathConfig) -> None:
+    def __init__(self, local: LocalInfo, config: NodeDatapathConfig, *, publisher: Publisher | None = None) -> None:
         self.local = local
         self.config = config
+        self.wireguard: WireGuardNode | None = None
+        self._publisher = publisher
         self.node_ip = ""
         self.host_addresses: tuple[str, ...] = ()  # this namespace's IPv4 addresses (reserved:host)
         self.underlay_ifindex = 0
@@ -188,6 +236,7 @@ class NodeDatapath:
         self._ipfeed: IPCacheFeed | None = None
         self._local_ip_changed: set[str] = set()
         self._endpoints_missing = 0  # local pods whose veth was not found at the last attach
+        self._index: DesiredIndex | None = None
         self._changed = asyncio.Event()
         self._local_read = asyncio.Event()
         self._log = get_logger(__name__, node=local.node_name)
@@ -214,6 +263,7 @@ class NodeDatapath:
             if not addrs:
                 raise DatapathError(f"underlay device {underlay!r} has no IPv4 address")
             self.node_ip = str(addrs[0])
+            underlay_mtu = int(ipr.get_links(ul)[0].get_attr("IFLA_MTU") or 1500)
             self.host_addresses = tuple(sorted({str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=2)}))
             self.underlay_ifindex = ul
             if native:
@@ -233,12 +283,16 @@ class NodeDatapath:
                 vx = int(ipr.link_lookup(ifname=self.config.tunnel_device)[0])
                 ipr.link("set", index=vx, state="up")
         _check_bpffs(self.config.pin_root)
+        self._start_encryption(underlay_mtu)
+        enc = self.config.encryption
         self.dp = Datapath.load(
             self.local.node_name,
             self.config.pin_root,
             DatapathConfig(
                 tunnel_device=None if native else self.config.tunnel_device,
                 cgroup=str(self.config.cgroup) if self.config.cgroup else None,
+                strict_cidr=enc.strict_cidr,
+                strict_allow_remote_node=enc.strict_allow_remote_node,
             ),
         )
         if not native:
@@ -256,10 +310,27 @@ class NodeDatapath:
         if native:
             self.routes_target = RoutesTarget(self.underlay_ifindex)
             self.reconcilers["routes"] = Reconciler("routes", self.routes_target)
+        if self.wireguard is not None:
+            self.reconcilers.update(self.wireguard.reconcilers)
         self.started = True
         self._log.info(
             "datapath loaded", node_ip=self.node_ip, pins=str(maps.directory), routing_mode=self.config.routing_mode
         )
+
+    def _start_encryption(self, underlay_mtu: int) -> None:
+        """WireGuard key and device (``--encryption wireguard``), else remove leftover steering."""
+        enc = self.config.encryption
+        if enc.strict_cidr is not None and not enc.wireguard:
+            self._log.warning(
+                "egress strict mode without --encryption wireguard: all pod traffic to other nodes inside the "
+                "strict CIDR is dropped (nothing is encrypted)", cidr=enc.strict_cidr)  # fmt: skip
+        if not enc.wireguard:
+            steering_cleanup(self._log)
+            return
+        self.wireguard = WireGuardNode(
+            self.local, enc, routing_mode=self.config.routing_mode, publisher=self._publisher
+        )
+        self.wireguard.start(self.node_ip, underlay_mtu)
 
     def _guess_underlay(self, ipr: Any) -> str:
         for addr in ipr.get_addr(family=2):
@@ -285,6 +356,8 @@ class NodeDatapath:
 
     def set_local_state(self, state: LocalState) -> None:
         if state != self.local_state:
+            if self.local_state is None or state.nodes != self.local_state.nodes:
+                self._parts.add("wireguard")
             self.local_state = state
             if self._ipfeed is not None:
                 self._local_ip_changed.update(self._ipfeed.set_local(self._local_ipcache(state)))
@@ -301,6 +374,8 @@ class NodeDatapath:
     def desired_changed(self, delta: DesiredDelta) -> None:
         """The agent's desired state changed by ``delta`` (see :class:`~agent.incremental.DesiredIndex`)."""
         self._delta.merge(delta)
+        if delta.wireguard_peers and self.wireguard is not None and self.wireguard.apply_remote(delta.wireguard_peers):
+            self._parts.add("wireguard")
         if delta.routes:
             self._parts.add("routes")
         if delta.services:
@@ -312,7 +387,8 @@ class NodeDatapath:
     async def watch_local(self, kv: Any) -> None:
         """Follow the local cluster's endpoints, identities, services (and, in native mode, nodes)
         in its etcd with watches (forever): a change reaches the maps without a polling delay."""
-        watch = LocalWatch(kv, self.local.cluster_name, nodes=self.config.native)
+        nodes = self.config.native or self.config.encryption.wireguard
+        watch = LocalWatch(kv, self.local.cluster_name, nodes=nodes)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(watch.run(), name="local kvstore watches")
             while True:
@@ -333,11 +409,18 @@ class NodeDatapath:
         ``desired`` is the agent's desired-state index, complete once ``initial_sync`` is done;
         its changes arrive through :meth:`desired_changed`. ``policies`` is an optional
         :class:`~agent.policy.source.PolicySource`."""
+        self._index = desired
         async with asyncio.TaskGroup() as tasks:
             for rec in self.reconcilers.values():
                 tasks.create_task(rec.run(), name=f"reconciler {rec.name}")
+            wg = self.wireguard
+            if wg is not None:
+                tasks.create_task(wg.monitor(), name="wireguard status")
             await initial_sync
             await self._local_read.wait()
+            if wg is not None:  # decided before the first programming: it shapes the steering
+                await wg.decide_opt_out(wg.labels_source(lambda: (self.local_state or LocalState()).nodes))
+                tasks.create_task(wg.publish(), name="wireguard key publication")
             if policies is not None:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(_policies_synced(policies), self.config.policy_sync_timeout)
@@ -375,6 +458,8 @@ class NodeDatapath:
         # ipcache: the whole state once, then only what changed (remote entries win a prefix)
         feed = self._ipfeed
         assert feed is not None  # made by start()
+        if "wireguard" in parts and self.wireguard is not None:
+            await self._program_wireguard(desired, local, feed)
         if self._full_ipcache:
             await feed.load(desired)
             self._full_ipcache = False
@@ -393,6 +478,22 @@ class NodeDatapath:
         if "policy" in parts:
             await self._program_policy(local, desired, policies)
         self.programmed = True
+
+    async def _program_wireguard(self, desired: DesiredIndex, local: LocalState, feed: IPCacheFeed) -> None:
+        """Encrypt keys of lost peers withdrawn, peers, steering, encrypt keys of new peers granted
+        (on the first programming the ipcache load that follows packs against the new set)."""
+        wg = self.wireguard
+        assert wg is not None
+        if self._full_ipcache:
+            wg.load_remote(index_wireguard_peers(desired))
+        plan = await wg.replan(desired, local.nodes)
+        if not self._full_ipcache:
+            await feed.set_encrypt_hosts(desired, feed.encrypt_hosts & plan.encrypt_hosts)
+        await wg.program(plan)
+        if self._full_ipcache:
+            feed.encrypt_hosts = plan.encrypt_hosts
+        else:
+            await feed.set_encrypt_hosts(desired, plan.encrypt_hosts)
 
     def _program_services(self, local: LocalState, desired: DesiredIndex) -> None:
         local_svcs = []
@@ -546,8 +647,21 @@ class NodeDatapath:
                 for s in [rec.status()]
             },
             "policy": self.policy_state.stats.to_json() if self.policy_state is not None else None,
+            "encryption": self._encryption_json(),
             "last-error": self.last_error,
         }
+
+    def _encryption_json(self) -> dict[str, Any]:
+        index = self._index
+        remote_plain = index_plaintext_nodes(index) if index is not None else []
+        local_plain: list[str] = []
+        enc = self.config.encryption
+        if enc.scope == "all" and self.local_state is not None:
+            local_plain = sorted(f"{self.local.cluster_name}/{n.name}" for n in self.local_state.nodes
+                                 if n.name != self.local.node_name and not n.wireguard_pub_key)  # fmt: skip
+        if self.wireguard is None:
+            return disabled_status_json(enc, len(remote_plain) + len(local_plain))
+        return self.wireguard.status_json(local_plain + remote_plain)
 
 
 def _check_bpffs(pin_root: Path) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import socket
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,6 +31,7 @@ from agent.desired import Backend, IPCacheEntry, NodeRoute, ServiceBackends
 from agent.policy.resolve import PolicyEntry, PolicyState
 from bpf.layouts import (
     PROTOCOLS,
+    STATIC_ENCRYPT_KEY,
     Affinity,
     BackendKey,
     EndpointKey,
@@ -79,23 +80,34 @@ _L4_ANY = ("TCP", "UDP", "SCTP")
 # ---- ipcache ----
 
 
-def ipcache_desired(entries: Iterable[IPCacheEntry], *, native: bool = False) -> dict[bytes, bytes]:
+def ipcache_desired(
+    entries: Iterable[IPCacheEntry], *, native: bool = False, encrypt_hosts: Set[str] | None = None
+) -> dict[bytes, bytes]:
     """Packed ipcache map content for ``entries`` (the first entry of a prefix wins).
 
     ``native`` (``--routing-mode native``): no entry carries a tunnel endpoint (``has_tunnel_ep``
     clear) and every entry has ``skip_tunnel`` set, so ``from_pod`` hands packets to the kernel,
     which routes them (:class:`RoutesTarget`). In both modes an entry with a tunnel endpoint (its
     ``HostIP``: never this node's) is flagged ``remote_node`` (egress strict mode's "on another
-    node")."""
+    node").
+
+    ``encrypt_hosts`` (the node datapath always gives it): the node IPs whose traffic is encrypted
+    (WireGuard peers): an entry with such a tunnel endpoint gets ``encrypt_key``
+    :data:`~bpf.layouts.STATIC_ENCRYPT_KEY`, every other entry 0 (egress strict mode drops those),
+    whatever key the record carried. None: the entries' own ``encrypt_key``."""
     out: dict[bytes, bytes] = {}
     for e in entries:
         key = pack_ipcache_key(e.prefix)
         if key not in out:
+            if encrypt_hosts is None:
+                encrypt = e.encrypt_key
+            else:
+                encrypt = STATIC_ENCRYPT_KEY if e.tunnel_endpoint in encrypt_hosts else 0
             out[key] = pack_ipcache_value(
                 e.identity,
                 "" if native else e.tunnel_endpoint,
                 e.cluster_id,
-                e.encrypt_key,
+                encrypt,
                 e.remote_cluster,
                 native,
                 bool(e.tunnel_endpoint),

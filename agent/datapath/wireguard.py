@@ -1,0 +1,613 @@
+"""WireGuard in the node datapath (``--encryption wireguard``): the key, the device, the peers,
+the steering and what the ipcache's ``encrypt_key`` says, for one node.
+
+Start (:meth:`WireGuardNode.start`, blocking, in the node's network namespace): load or generate
+the key in ``--state-dir`` (Cilium's raw 32-byte ``cilium_wg0.key``, 0600), create or reuse the
+device (kernel WireGuard, else wireguard-go; MTU = underlay MTU - 80; port 51871; fwmark 0xE00;
+``rp_filter`` 0 on it, and ``net.ipv4.conf.all.rp_filter`` lowered to 0 as Cilium's sysctl fix does:
+the device has no address, so any other value makes the kernel drop what it decrypts).
+
+Peers (:func:`plan_peers`, pure): every node that publishes a key becomes a peer, by Cilium's
+``updatePeer`` rules (:func:`~encryption.wireguard.peers.desired_peers`): the remote clusters'
+nodes (the desired-state index's WireGuard peers) and, with ``--encryption-scope all``, this
+cluster's other nodes (the local etcd's node records). Allowed IPs: the node IPs; in native routing
+also the node's pod CIDRs. (Cilium lists each remote pod's /32 there; the CIDR gives the same
+reachability, and a pod change then costs no WireGuard update.) The plan also says which nodes'
+traffic is encrypted (:attr:`PeerPlan.encrypt_hosts`: the ipcache gives entries hosted there
+``encrypt_key`` 0xFF, the others 0, which egress strict mode drops) and what steering needs
+(:mod:`agent.datapath.steering`).
+
+Programming order on a change (:meth:`WireGuardNode.program`, called by the node datapath): peers
+first, then the steering routes, each waited for (bounded), so a packet is only steered into the
+device once its peer is there; the node datapath withdraws ``encrypt_key`` of lost peers before
+and grants it to new ones after. Nothing is programmed before the clustermesh initial sync and the
+first local read (the node datapath's rule): the peers' reconciler reads the device only then, and
+its first desired state is what removes stale peers (Cilium's peer GC).
+
+Publication: with ``--kubeconfig`` the public key and the advertised encryption key (0xFF, or 0 for
+a node that opts out of node encryption by ``--node-encryption-opt-out-labels``) are put on this
+node's Node/CiliumNode (:func:`agent.nodepublish.publish_node_encryption`), retried until done.
+The opt-out is decided once, from the node's labels (the Kubernetes Node with ``--kubeconfig``,
+else this node's record in the local etcd).
+
+``--encryption none`` on a node that had WireGuard: :func:`~agent.datapath.steering.remove_steering`
+removes the rules and routes at start; the device and its key are left alone (harmless without
+steering; ``ip link del`` removes them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent.datapath.labelselector import parse_selector
+from agent.datapath.steering import (
+    RouteKey,
+    RouteValue,
+    Rule,
+    RulesTarget,
+    SteeringPeer,
+    SteeringRoutesTarget,
+    remove_steering,
+    steering_desired,
+)
+from agent.desired import LocalInfo, WireGuardPeer, node_peer
+from agent.records import node_record
+from bpf.layouts import STATIC_ENCRYPT_KEY
+from encryption.wireguard.device import DEVICE_NAME, FWMARK, LISTEN_PORT, WireGuardDevice, device_mtu
+from encryption.wireguard.dump import DeviceDump
+from encryption.wireguard.keys import KEY_FILENAME, WireGuardKey, load_or_generate
+from encryption.wireguard.peers import PeerConfig, PeerSource, PeersTarget, desired_peers
+from meshcore.backoff import Backoff
+from meshcore.errors import MeshError
+from meshcore.log import get_logger
+from meshcore.reconcile import Reconciler
+from meshcore.wire import Node as WireNode
+
+__all__ = [
+    "DEFAULT_OPT_OUT_LABELS",
+    "EncryptionConfig",
+    "PeerCandidate",
+    "PeerPlan",
+    "Publisher",
+    "WireGuardNode",
+    "disabled_status_json",
+    "index_peer_candidates",
+    "index_wireguard_peers",
+    "index_plaintext_nodes",
+    "local_peer_candidates",
+    "peer_source",
+    "plan_peers",
+    "steering_cleanup",
+]
+
+DEFAULT_OPT_OUT_LABELS = "node-role.kubernetes.io/control-plane"
+SYNC_TIMEOUT = 5.0
+"""Seconds to wait for the peers (then the steering) to be written before going on anyway."""
+DUMP_INTERVAL = 2.0
+"""Seconds between two reads of the device for the status (``wg show dump``)."""
+LABELS_TIMEOUT = 10.0
+"""Seconds to wait for this node's labels (the opt-out decision) before deciding without them."""
+_PLAINTEXT_SHOWN = 200
+
+
+class Publisher(Protocol):
+    """:func:`agent.nodepublish.publish_node_encryption`'s signature."""
+
+    def __call__(
+        self, kubeconfig: Path, node_name: str, *, public_key: str, encryption_key: int
+    ) -> Awaitable[None]: ...
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    """The encryption flags as the node datapath takes them (see ``clustermesh-agent --help``).
+    ``device`` is the final device name (``{hash}`` already resolved); ``state_dir`` holds the key;
+    ``kubeconfig`` (optional) is where the key is published."""
+
+    mode: str = "none"
+    device: str = DEVICE_NAME
+    keepalive: int = 0
+    scope: str = "all"
+    node_encryption: bool = False
+    opt_out_labels: str = DEFAULT_OPT_OUT_LABELS
+    strict_cidr: str | None = None
+    strict_allow_remote_node: bool = False
+    state_dir: Path = Path("/var/run/clustermesh-agent")
+    kubeconfig: Path | None = None
+
+    @property
+    def wireguard(self) -> bool:
+        return self.mode == "wireguard"
+
+
+# ---- pure: from nodes to the plan ----
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCandidate:
+    """A node that publishes a key: where it is and its advertised encryption key (0: it opted
+    out of node encryption)."""
+
+    source: PeerSource
+    encryption_key: int = STATIC_ENCRYPT_KEY
+
+
+def _is_host(prefix: str) -> bool:
+    addr, _, bits = prefix.partition("/")
+    return not bits or int(bits) == (128 if ":" in addr else 32)
+
+
+def peer_source(peer: WireGuardPeer) -> PeerSource:
+    """A desired-state :class:`~agent.desired.WireGuardPeer` as a peer source: the host prefixes of
+    its allowed IPs are its node IPs (the endpoint's first: it is the node's tunnel IP), the others
+    its pod CIDRs (so a /32 pod CIDR counts as a node IP)."""
+    endpoint_ip = peer.endpoint.rsplit(":", 1)[0].strip("[]") if peer.endpoint else ""
+    hosts = [p.split("/")[0] for p in peer.allowed_ips if _is_host(p)]
+    node_ips = ([endpoint_ip] if endpoint_ip else []) + [h for h in hosts if h != endpoint_ip]
+    cidrs = tuple(p for p in peer.allowed_ips if not _is_host(p))
+    return PeerSource(node=f"{peer.cluster}/{peer.node}", public_key=peer.public_key,
+                      node_ips=tuple(node_ips), pod_cidrs=cidrs)  # fmt: skip
+
+
+def local_peer_candidates(nodes: Iterable[WireNode], local: LocalInfo) -> list[PeerCandidate]:
+    """This cluster's other nodes (local etcd records) that publish a key."""
+    out = []
+    for node in nodes:
+        if not node.name or node.name == local.node_name:
+            continue
+        peer = node_peer(node_record(local.cluster_name, node.name, node))
+        if peer is not None:
+            out.append(PeerCandidate(peer_source(peer), node.encryption_key))
+    return out
+
+
+def _remote_encryption_key(index: Any, peer: WireGuardPeer) -> int:
+    key = getattr(peer, "encryption_key", None)
+    if key is None:
+        record = _index_nodes(index).get((peer.cluster, peer.node))
+        key = getattr(record, "encryption_key", STATIC_ENCRYPT_KEY)
+    return int(key) if isinstance(key, int) else STATIC_ENCRYPT_KEY
+
+
+def _index_nodes(index: Any) -> Mapping[tuple[str, str], Any]:
+    # DesiredIndex has no public accessor for its node records (yet): read its table.
+    nodes = getattr(index, "_nodes", None)
+    return nodes if isinstance(nodes, Mapping) else {}
+
+
+def index_wireguard_peers(index: Any) -> list[WireGuardPeer]:
+    """Every winning WireGuard peer of a :class:`~agent.incremental.DesiredIndex` (its
+    ``wireguard_peers()`` when it has one, else its per-key table)."""
+    accessor = getattr(index, "wireguard_peers", None)
+    if callable(accessor):
+        return list(accessor())
+    table = getattr(index, "_peers", None) or {}
+    return [items[0] for items in table.values() if items]
+
+
+def index_peer_candidates(index: Any, peers: Iterable[WireGuardPeer]) -> list[PeerCandidate]:
+    """The remote clusters' peers as candidates (with their nodes' encryption keys)."""
+    return [PeerCandidate(peer_source(p), _remote_encryption_key(index, p)) for p in peers]
+
+
+def index_plaintext_nodes(index: Any) -> list[str]:
+    """The remote clusters' nodes known without a WireGuard key (``cluster/name``, sorted)."""
+    nodes = _index_nodes(index).items()
+    return sorted(f"{c}/{n}" for (c, n), rec in nodes if not getattr(rec, "wireguard_pub_key", ""))
+
+
+@dataclass(frozen=True)
+class PeerPlan:
+    """What the device, steering and ipcache should say (see :func:`plan_peers`)."""
+
+    peers: dict[str, PeerConfig] = field(default_factory=dict)
+    nodes: dict[str, str] = field(default_factory=dict)
+    """public key -> node (``cluster/name``)"""
+    steering: tuple[SteeringPeer, ...] = ()
+    encrypt_hosts: frozenset[str] = frozenset()
+    """The node IPs of the configured peers: ipcache entries with such a tunnel endpoint (HostIP)
+    get ``encrypt_key`` 0xFF."""
+    problems: tuple[str, ...] = ()
+
+
+def plan_peers(
+    local_public_key: str,
+    remote: Iterable[PeerCandidate],
+    local: Iterable[PeerCandidate] = (),
+    *,
+    scope: str = "all",
+    routing_mode: str = "tunnel",
+    keepalive: int = 0,
+) -> PeerPlan:
+    """The peers (:func:`~encryption.wireguard.peers.desired_peers` over ``remote`` plus, with
+    scope ``all``, ``local``), the node of each, what steering needs and the encrypted hosts."""
+    candidates = list(remote) + (list(local) if scope == "all" else [])
+    by_node = {c.source.node: c for c in candidates}
+    peers, problems = desired_peers(
+        local_public_key, [c.source for c in candidates], routing_mode=routing_mode, keepalive=keepalive  # type: ignore[arg-type]
+    )
+    nodes: dict[str, str] = {}
+    for c in sorted(candidates, key=lambda c: (c.source.node, c.source.public_key)):
+        key = c.source.public_key.strip()
+        if key in peers and key not in nodes:
+            nodes[key] = c.source.node
+    steering: list[SteeringPeer] = []
+    hosts: set[str] = set()
+    for key, node in sorted(nodes.items(), key=lambda kv: kv[1]):
+        cfg, cand = peers[key], by_node[node]
+        node_ips = tuple(ip for ip in cand.source.node_ips if _host_prefix(ip) in cfg.allowed_ips)
+        cidrs = tuple(c for c in cand.source.pod_cidrs if _net(c) in cfg.allowed_ips)
+        steering.append(SteeringPeer(node, node_ips, cidrs, node_encryption=cand.encryption_key != 0))
+        hosts.update(str(ipaddress.ip_address(ip)) for ip in node_ips)
+    return PeerPlan(peers, nodes, tuple(steering), frozenset(hosts), tuple(problems))
+
+
+def _host_prefix(ip: str) -> str:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ""
+    return f"{addr}/{addr.max_prefixlen}"
+
+
+def _net(cidr: str) -> str:
+    try:
+        return str(ipaddress.ip_network(cidr, strict=False))
+    except ValueError:
+        return ""
+
+
+def steering_cleanup(log: Any = None) -> None:
+    """``--encryption none``: remove the steering a WireGuard agent left (blocking)."""
+    rules, routes = remove_steering()
+    if (rules or routes) and log is not None:
+        log.warning("encryption is off: removed the WireGuard steering left by a previous agent",
+                    rules=[str(r) for r in rules], routes=len(routes))  # fmt: skip
+
+
+# ---- I/O: one node's WireGuard ----
+
+
+async def _default_publisher(kubeconfig: Path, node_name: str, *, public_key: str, encryption_key: int) -> None:
+    from agent.nodepublish import publish_node_encryption
+
+    await publish_node_encryption(kubeconfig, node_name, public_key=public_key, encryption_key=encryption_key)
+
+
+async def _k8s_node_labels(kubeconfig: Path, node_name: str) -> dict[str, str]:
+    from meshcore.k8s.client import K8sApi
+
+    async with await K8sApi.from_kubeconfig(kubeconfig) as api:
+        node = await api.get(f"/api/v1/nodes/{node_name}")
+    return dict((node.get("metadata") or {}).get("labels") or {})
+
+
+class WireGuardNode:
+    """One node's WireGuard (see the module docstring). ``publisher`` (default
+    :func:`agent.nodepublish.publish_node_encryption`) is only called with a kubeconfig."""
+
+    def __init__(
+        self,
+        local: LocalInfo,
+        config: EncryptionConfig,
+        *,
+        routing_mode: str = "tunnel",
+        publisher: Publisher | None = None,
+        ipr_factory: Callable[[], Any] | None = None,
+        publish_retry: float = 1.0,
+    ) -> None:
+        self.local = local
+        self.config = config
+        self.routing_mode = routing_mode
+        self.device = WireGuardDevice(config.device)
+        self.key: WireGuardKey | None = None
+        self.key_generated = False
+        self.implementation: str | None = None
+        self.ifindex = 0
+        self.mtu = 0
+        self.node_ip = ""
+        self.rp_filter_was: int | None = None
+        self.plan = PeerPlan()
+        self.remote: dict[str, WireGuardPeer] = {}  # public key -> the index's winning peer
+        self.dump: DeviceDump | None = None
+        self.dump_at = 0.0
+        self.encryption_key: int | None = None  # what this node advertises, once decided
+        self.opted_out: bool | None = None
+        self.published: bool | None = None
+        self.publish_error = ""
+        self.last_error = ""
+        self.reconcilers: dict[str, Reconciler[Any, Any]] = {}
+        self._publisher = publisher or _default_publisher
+        self._retry = publish_retry
+        self._ipr_factory = ipr_factory
+        self._routes_target: SteeringRoutesTarget | None = None
+        self._log = get_logger(__name__, node=local.node_name, device=config.device)
+
+    @property
+    def key_file(self) -> Path:
+        return self.config.state_dir / KEY_FILENAME
+
+    # ---- start (blocking, in the node's namespace) ----
+
+    def start(self, node_ip: str, underlay_mtu: int) -> None:
+        """Key, device, rp_filter; then the reconcilers (not yet fed)."""
+        self.node_ip = node_ip
+        key, new = load_or_generate(self.config.state_dir)
+        self.key, self.key_generated = key, new
+        self._log.info("WireGuard key " + ("generated" if new else "loaded"), public_key=key.public_key,
+                       new=new, key_file=str(self.key_file))  # fmt: skip
+        self.mtu = device_mtu(underlay_mtu)
+        self.implementation = self.device.ensure(key, listen_port=LISTEN_PORT, fwmark=FWMARK, mtu=self.mtu)
+        self.ifindex = self._ifindex()
+        self.rp_filter_was = _lower_rp_filter_all()
+        if self.rp_filter_was:
+            self._log.warning("net.ipv4.conf.all.rp_filter lowered to 0 (as Cilium's sysctl fix): otherwise the "
+                              "kernel drops what the WireGuard device decrypts", was=self.rp_filter_was)  # fmt: skip
+        self._log.info("WireGuard device ready", implementation=self.implementation, mtu=self.mtu,
+                       ifindex=self.ifindex, pid=self.device.userspace_pid())  # fmt: skip
+        self._routes_target = SteeringRoutesTarget(ipr_factory=self._ipr_factory)
+        self.reconcilers = {
+            "wireguard-peers": Reconciler("wireguard-peers", PeersTarget(self.device), batch_size=256),
+            "steering-rules": Reconciler("steering-rules", RulesTarget(ipr_factory=self._ipr_factory)),
+            "steering-routes": Reconciler("steering-routes", self._routes_target, batch_size=1024),
+        }
+
+    def _ifindex(self) -> int:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=self.config.device)
+        if not found:
+            raise MeshError(f"WireGuard device {self.config.device} vanished after it was set up")
+        return int(found[0])
+
+    # ---- inputs ----
+
+    def load_remote(self, peers: Iterable[WireGuardPeer]) -> None:
+        """The remote clusters' peers, whole (the initial load)."""
+        self.remote = {p.public_key: p for p in peers}
+
+    def apply_remote(self, changes: Mapping[str, WireGuardPeer | None]) -> bool:
+        """A delta's WireGuard part; whether anything changed."""
+        changed = False
+        for key, peer in changes.items():
+            if peer is None:
+                changed |= self.remote.pop(key, None) is not None
+            elif self.remote.get(key) != peer:
+                self.remote[key] = peer
+                changed = True
+        return changed
+
+    async def replan(self, index: Any, local_nodes: Iterable[WireNode]) -> PeerPlan:
+        """The plan for the current inputs: the candidates are read here (the inputs change on
+        this loop), the plan is made in a thread (thousands of keys and addresses to check)."""
+        assert self.key is not None  # started
+        remote = index_peer_candidates(index, list(self.remote.values()))
+        local = local_peer_candidates(local_nodes, self.local) if self.config.scope == "all" else []
+        return await asyncio.to_thread(
+            partial(plan_peers, self.key.public_key, remote, local, scope=self.config.scope,
+                    routing_mode=self.routing_mode, keepalive=self.config.keepalive)  # fmt: skip
+        )
+
+    def node_encryption_on(self) -> bool:
+        """Node encryption is asked for and this node did not opt out (unknown yet: on)."""
+        return self.config.node_encryption and not self.opted_out
+
+    def steering(self, plan: PeerPlan) -> tuple[dict[Rule, bool], dict[RouteKey, RouteValue]]:
+        s = steering_desired(plan.steering, routing_mode=self.routing_mode, oif=self.ifindex,
+                             node_ip=self.node_ip, node_encryption=self.node_encryption_on())  # fmt: skip
+        return s.rules, s.routes
+
+    async def program(self, plan: PeerPlan) -> None:
+        """Peers, then steering (each waited for, bounded); logs what the plan found wrong."""
+        for problem in set(plan.problems) - set(self.plan.problems):
+            self._log.warning("WireGuard peer problem", problem=problem)
+        self.plan = plan
+        peers = self.reconcilers["wireguard-peers"]
+        peers.set_desired(plan.peers)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(peers.wait_synced(), SYNC_TIMEOUT)
+        rules, routes = self.steering(plan)
+        self.reconcilers["steering-rules"].set_desired(rules)
+        self.reconcilers["steering-routes"].set_desired(routes)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self.reconcilers["steering-routes"].wait_synced(), SYNC_TIMEOUT)
+
+    # ---- background work ----
+
+    async def monitor(self) -> None:
+        """Read the device every :data:`DUMP_INTERVAL` seconds for the status (forever)."""
+        while True:
+            try:
+                self.dump = await asyncio.to_thread(self.device.dump)
+                self.dump_at = time.time()
+            except Exception as err:  # the status says so; never fatal
+                self.last_error = f"{type(err).__name__}: {err}"
+            await asyncio.sleep(DUMP_INTERVAL)
+
+    async def decide_opt_out(self, labels: Callable[[], Awaitable[Mapping[str, str]]]) -> None:
+        """Whether this node opts out of node encryption (``--node-encryption-opt-out-labels`` over
+        ``labels``, this node's; bounded by :data:`LABELS_TIMEOUT`), hence the encryption key it
+        advertises: 0 when it does, else 0xFF. Never raises (unreadable labels: no opt-out)."""
+        try:
+            node_labels = await asyncio.wait_for(labels(), LABELS_TIMEOUT)
+        except Exception as err:
+            self._log.warning("cannot read this node's labels; not opting out of node encryption",
+                              error=f"{type(err).__name__}: {err}")  # fmt: skip
+            node_labels = {}
+        selector = parse_selector(self.config.opt_out_labels)
+        self.opted_out = self.config.node_encryption and selector.matches(node_labels)
+        self.encryption_key = 0 if self.opted_out else STATIC_ENCRYPT_KEY
+        if self.opted_out:
+            self._log.info("opting out of node encryption", selector=str(selector))
+
+    async def publish(self) -> None:
+        """Publish the public key and :attr:`encryption_key` (decided first) on this node's
+        Node/CiliumNode with a kubeconfig, retrying until it worked. Never raises."""
+        assert self.key is not None and self.encryption_key is not None
+        kubeconfig = self.config.kubeconfig
+        if kubeconfig is None:
+            self._log.info("no --kubeconfig: the WireGuard public key is not published by this agent",
+                           public_key=self.key.public_key)  # fmt: skip
+            return
+        backoff = Backoff(initial=self._retry, maximum=30.0)
+        while True:
+            try:
+                await self._publisher(kubeconfig, self.local.node_name, public_key=self.key.public_key,
+                                      encryption_key=self.encryption_key)  # fmt: skip
+            except Exception as err:  # MeshError subclasses, or anything a broken API does
+                self.published = False
+                self.publish_error = f"{type(err).__name__}: {err}"
+                self._log.warning("publishing the WireGuard key failed, retrying", error=self.publish_error)
+                await backoff.wait()
+                continue
+            self.published, self.publish_error = True, ""
+            self._log.info("WireGuard key published", public_key=self.key.public_key,
+                           encryption_key=self.encryption_key)  # fmt: skip
+            return
+
+    def labels_source(
+        self, local_nodes: Callable[[], Iterable[WireNode]]
+    ) -> Callable[[], Awaitable[Mapping[str, str]]]:
+        """Where this node's labels come from: its Kubernetes Node with a kubeconfig, else its
+        record in the local etcd."""
+
+        async def from_local() -> Mapping[str, str]:
+            for node in local_nodes():
+                if node.name == self.local.node_name:
+                    return dict(node.labels or {})
+            return {}
+
+        async def from_k8s() -> Mapping[str, str]:
+            assert self.config.kubeconfig is not None
+            try:
+                return await _k8s_node_labels(self.config.kubeconfig, self.local.node_name)
+            except MeshError as err:
+                self._log.warning("cannot read this node's Kubernetes labels, using its kvstore record", error=str(err))
+                return await from_local()
+
+        return from_k8s if self.config.kubeconfig is not None else from_local
+
+    # ---- status ----
+
+    def node_encryption_status(self) -> str:
+        """Cilium's ``NodeEncryption``: Disabled, Enabled or OptedOut."""
+        if not self.config.node_encryption:
+            return "Disabled"
+        return "OptedOut" if self.opted_out else "Enabled"
+
+    def status_json(self, plaintext: Iterable[str] = ()) -> dict[str, Any]:
+        """The ``encryption`` section of the node datapath's status."""
+        now = time.time()
+        try:
+            key_age: float | None = round(now - os.stat(self.key_file).st_mtime, 1)
+        except OSError:
+            key_age = None
+        dump = self.dump
+        peers = []
+        for key, cfg in sorted(self.plan.peers.items(), key=lambda kv: self.plan.nodes.get(kv[0], kv[0])):
+            seen = dump.peers.get(key) if dump is not None else None
+            in_sync = seen is not None and (
+                seen.endpoint == cfg.endpoint
+                and seen.allowed_ips == cfg.allowed_ips
+                and seen.persistent_keepalive == cfg.keepalive
+            )
+            peers.append({
+                "node": self.plan.nodes.get(key, ""),
+                "public-key": key,
+                "endpoint": cfg.endpoint,
+                "allowed-ips": sorted(cfg.allowed_ips),
+                "latest-handshake": seen.latest_handshake if seen is not None else 0,
+                "latest-handshake-seconds-ago": (
+                    round(now - seen.latest_handshake, 1) if seen is not None and seen.latest_handshake else None
+                ),
+                "rx-bytes": seen.rx_bytes if seen is not None else 0,
+                "tx-bytes": seen.tx_bytes if seen is not None else 0,
+                "in-sync": in_sync,
+            })  # fmt: skip
+        unknown = sorted(set(dump.peers) - set(self.plan.peers)) if dump is not None else []
+        plain = list(plaintext)
+        rules, routes = self.steering(self.plan) if self.key is not None else ({}, {})
+        return {
+            "mode": "wireguard",
+            "implementation": self.implementation,
+            "device": self.config.device,
+            "ifindex": self.ifindex,
+            "mtu": self.mtu,
+            "listen-port": LISTEN_PORT,
+            "fwmark": f"0x{FWMARK:x}",
+            "public-key": self.key.public_key if self.key is not None else None,
+            "key-file": str(self.key_file),
+            "key-generated": self.key_generated,
+            "key-file-age-seconds": key_age,
+            "userspace-pid": self.device.userspace_pid() if self.implementation == "userspace" else None,
+            "scope": self.config.scope,
+            "routing-mode": self.routing_mode,
+            "node-encryption": self.node_encryption_status(),
+            "node-encryption-opt-out-labels": self.config.opt_out_labels,
+            "encryption-key": self.encryption_key,
+            "published": self.published,
+            "publish-error": self.publish_error,
+            "strict-mode": _strict_json(self.config),
+            "rp-filter-all-was": self.rp_filter_was,
+            "peer-count": len(self.plan.peers),
+            "peers": peers,
+            "unknown-device-peers": unknown,
+            "plaintext-peers": plain[:_PLAINTEXT_SHOWN],
+            "plaintext-peer-count": len(plain),
+            "encrypted-hosts": len(self.plan.encrypt_hosts),
+            "problems": list(self.plan.problems),
+            "steering": {
+                "rules": [str(r) for r in sorted(rules)],
+                "routes": len(routes),
+                "skipped": sorted(str(k) for k in self._routes_target.skipped) if self._routes_target else [],
+            },
+            "dump-age-seconds": round(now - self.dump_at, 1) if self.dump_at else None,
+            "last-error": self.last_error,
+        }
+
+
+def _strict_json(config: EncryptionConfig) -> dict[str, Any] | None:
+    if config.strict_cidr is None:
+        return None
+    return {"cidr": config.strict_cidr, "allow-remote-node-identities": config.strict_allow_remote_node}
+
+
+def disabled_status_json(config: EncryptionConfig, plaintext_count: int = 0) -> dict[str, Any]:
+    """The ``encryption`` section of a node without WireGuard."""
+    return {
+        "mode": "none",
+        "implementation": None,
+        "device": None,
+        "public-key": None,
+        "scope": config.scope,
+        "node-encryption": "Disabled",
+        "strict-mode": _strict_json(config),
+        "peer-count": 0,
+        "peers": [],
+        "plaintext-peers": [],
+        "plaintext-peer-count": plaintext_count,
+    }
+
+
+_RP_FILTER_ALL = Path("/proc/sys/net/ipv4/conf/all/rp_filter")
+
+
+def _lower_rp_filter_all() -> int:
+    """Set this namespace's ``net.ipv4.conf.all.rp_filter`` to 0; the value it had."""
+    try:
+        was = int(_RP_FILTER_ALL.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+    if was:
+        _RP_FILTER_ALL.write_text("0\n")
+    return was
