@@ -6,6 +6,7 @@ The stream of events it yields is what a reader needs to keep an exact copy of a
   It comes first, and again whenever the history needed to resume is gone (the revision was
   compacted, or the etcd behind the endpoint was replaced by another cluster). A reader marks its
   entries stale at ``ListStart`` and sweeps the ones still stale at ``ListDone``.
+  With ``batched=True`` the snapshot's entries come as one :class:`ListItems` instead.
 - :class:`Upsert` and :class:`Delete` for changes after the snapshot, in revision order.
 - :class:`Connection` when the connection is lost or back. While etcd is unreachable the stream
   waits (with backoff) and then resumes the watch from the next revision, so no change is lost
@@ -15,7 +16,7 @@ The stream of events it yields is what a reader needs to keep an exact copy of a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing, nullcontext
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ from meshcore.errors import (
     KVStoreError,
     WatchCompactedError,
 )
-from meshcore.kvstore.types import EventType, KVStore
+from meshcore.kvstore.types import EventType, KeyValue, KVStore
 from meshcore.log import get_logger
 
 
@@ -40,6 +41,14 @@ class ListDone:
     """The snapshot that began at the last :class:`ListStart` is complete at ``revision``."""
 
     revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListItems:
+    """The snapshot's entries in one event (``list_and_watch(batched=True)``, instead of one
+    :class:`Upsert` each: at 300k keys the per-event cost is a tenth of the agent's start)."""
+
+    items: Sequence[KeyValue]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +72,16 @@ class Connection:
     reason: str = ""
 
 
-ListWatchEvent = ListStart | ListDone | Upsert | Delete | Connection
+ListWatchEvent = ListStart | ListItems | ListDone | Upsert | Delete | Connection
 
 
 async def list_and_watch(
-    kv: KVStore, prefix: str, *, backoff: Backoff | None = None, list_slots: asyncio.Semaphore | None = None
+    kv: KVStore,
+    prefix: str,
+    *,
+    backoff: Backoff | None = None,
+    list_slots: asyncio.Semaphore | None = None,
+    batched: bool = False,
 ) -> AsyncGenerator[ListWatchEvent, None]:
     """Yield a snapshot of ``prefix`` and then every change to it, until the caller stops.
 
@@ -77,6 +91,7 @@ async def list_and_watch(
     ``list_slots``, shared by many streams, bounds how many snapshots are in memory at once: a
     slot is held from the list request until the consumer has taken the snapshot's last entry
     (an agent starting on 250 clusters would otherwise hold all 1000 raw lists together).
+    ``batched`` gives a snapshot's entries as one :class:`ListItems`.
     """
     log = get_logger(__name__, prefix=prefix)
     backoff = backoff or Backoff(initial=0.2, maximum=10.0)
@@ -92,8 +107,11 @@ async def list_and_watch(
                         connected = True
                         yield Connection(True)
                     yield ListStart()
-                    for item in snapshot.items:
-                        yield Upsert(item.key, item.value, item.mod_revision)
+                    if batched:
+                        yield ListItems(snapshot.items)
+                    else:
+                        for item in snapshot.items:
+                            yield Upsert(item.key, item.value, item.mod_revision)
                     revision = snapshot.revision
                     del snapshot  # not kept while watching: at 250k remote keys the raw list is ~100 MB
                 cluster = kv.cluster_id

@@ -32,6 +32,7 @@ from meshcore.store.listwatch import (
     Connection,
     Delete,
     ListDone,
+    ListItems,
     ListStart,
     ListWatchEvent,
     Upsert,
@@ -141,7 +142,9 @@ class WatchStore(Generic[T]):
             self._kv = kv
         if self._kv is None:
             raise ValueError(f"WatchStore {self.prefix}: no kvstore to watch")
-        events = list_and_watch(self._kv, self.prefix, backoff=self._backoff, list_slots=self._list_slots)
+        events = list_and_watch(
+            self._kv, self.prefix, backoff=self._backoff, list_slots=self._list_slots, batched=True
+        )
         async with aclosing(events):
             async for event in events:
                 self._handle(event)
@@ -149,6 +152,10 @@ class WatchStore(Generic[T]):
     def _handle(self, event: ListWatchEvent) -> None:
         if isinstance(event, Upsert):
             self._upsert(event.key, event.value)
+        elif isinstance(event, ListItems):
+            upsert = self._upsert
+            for item in event.items:
+                upsert(item.key, item.value)
         elif isinstance(event, Delete):
             self._delete(event.key[len(self.prefix) :])
         elif isinstance(event, ListStart):
