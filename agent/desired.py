@@ -151,12 +151,15 @@ class WireGuardPeer:
     allowed_ips: tuple[str, ...]
     cluster: str
     node: str
+    encryption_key: int = 0
+    """The node's ``EncryptionKey``: 0 when it opted out of node-to-node encryption."""
 
     def to_json(self) -> dict[str, object]:
         return {
             "public-key": self.public_key,
             "endpoint": self.endpoint,
             "allowed-ips": list(self.allowed_ips),
+            "encryption-key": self.encryption_key,
             "cluster": self.cluster,
             "node": self.node,
         }
@@ -268,6 +271,7 @@ def node_peer(node: NodeRecord) -> WireGuardPeer | None:
         allowed_ips=tuple(sorted(allowed, key=prefix_sort_key)),
         cluster=node.cluster,
         node=node.name,
+        encryption_key=node.encryption_key,
     )
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from bisect import insort
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from agent.desired import (
@@ -201,6 +202,14 @@ class DesiredIndex:
             winner = self._ip_winner(key)
             if winner is not None:
                 yield ipcache_entry(key, winner, ids.get(winner.cluster, 0))
+
+    def wireguard_peers(self) -> list[WireGuardPeer]:
+        """Every winning WireGuard peer (one per public key; unordered)."""
+        return [peers[0] for peers in self._peers.values() if peers]
+
+    def nodes(self) -> Mapping[tuple[str, str], NodeRecord]:
+        """The remote clusters' node records by ``(cluster, name)`` (read-only view)."""
+        return MappingProxyType(self._nodes)
 
     def routes(self) -> list[NodeRoute]:
         return [self._routes[p][0] for p in sorted(self._routes, key=_sort_key)]
