@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks import agent_scale, apiserver, datapath, kvstore, mesh_propagation
+from benchmarks import agent_scale, apiserver, datapath, kvstore, mesh_propagation, wireguard
 from benchmarks import lab as lab_bench
 
 
@@ -18,6 +18,7 @@ def main() -> None:
     apiserver.main(10000)
     agent_scale.main()
     datapath.main()
+    wireguard.main()
     lab_bench.main()
     mesh_propagation.main()
 
