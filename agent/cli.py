@@ -70,7 +70,11 @@ def _default_node_name() -> str:
               help="wireguard: encrypt pod traffic to the other nodes with WireGuard (--datapath bpf): the key is "
               "kept in <state-dir>/cilium_wg0.key, every node publishing a key becomes a peer, and the kernel steers "
               "the traffic into the device (tunnel mode: the VXLAN packets; native mode: the pod CIDRs). none: no "
-              "encryption; WireGuard steering rules a previous agent left are removed.")
+              "encryption; WireGuard steering rules a previous agent left are removed. Per-node migration switch: "
+              "a node whose Node carries the label clustermesh.io/encryption=disabled (read at start, with "
+              "--kubeconfig) runs as with none: no device (deleted), its published key withdrawn (no wg-pub-key, "
+              "encryption key 0); the other nodes list it as a plaintext peer and, with strict mode, drop pod "
+              "traffic to it. Remove the label and restart the agent to encrypt again (same key).")
 @click.option("--wireguard-device", default=DEFAULT_WIREGUARD_DEVICE, show_default=True, metavar="NAME",
               help="The WireGuard device; a literal {hash} becomes 8 hex digits of sha256(<cluster>/<node>) (where "
               "many nodes share one machine, wireguard-go device names must be unique machine-wide). At most 15 "

@@ -75,6 +75,7 @@ class Agent:
         self.datapath: NodeDatapath | None = None
         if config.datapath == "bpf":
             self.datapath = NodeDatapath(self.local, NodeDatapathConfig.from_agent(config))
+            self.metrics.watch_encryption(self.datapath.encryption_status)
         self.policies: Any = None
         self.api = AgentAPI(
             config.socket_path,
@@ -90,6 +91,7 @@ class Agent:
         """Serve and follow the remote clusters until cancelled."""
         k8s: Any = None
         if self.datapath is not None:
+            await self.datapath.prepare()  # the node's migration label, before the device is made
             # bcc compiles here (seconds); a failure is fatal (exit 1) with the compiler's message.
             await asyncio.to_thread(self.datapath.start)
             if self.config.kubeconfig is not None:

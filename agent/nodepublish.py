@@ -12,6 +12,12 @@ only). Each write is one JSON merge patch of just the fields that differ; nothin
 everything is already published (idempotent). An encryption key of 0 (a node that opted out of
 node encryption) is Cilium's absent annotation: the Node's ``encryption-key`` is removed.
 
+Withdrawal (:func:`withdraw_node_encryption`, a node whose encryption is switched off by the
+``clustermesh.io/encryption=disabled`` label): the ``wg-pub-key`` annotation is removed from both
+objects, the Node's ``encryption-key`` annotation too and the CiliumNode's ``spec.encryption.key``
+set to 0, so that every other node sees it without a key (a plaintext peer). Same idempotence and
+retries.
+
 Transient failures (API unreachable, HTTP 409/429/5xx, the object not there yet) are retried with
 a bounded backoff; a permanent one raises :class:`~meshcore.errors.NodePublishError` naming the
 object and, for HTTP 403, the RBAC verb the agent's ClusterRole lacks.
@@ -21,7 +27,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -41,6 +49,10 @@ __all__ = [
     "cilium_node_patch",
     "publish_with",
     "publish_node_encryption",
+    "node_withdraw_patch",
+    "cilium_node_withdraw_patch",
+    "withdraw_with",
+    "withdraw_node_encryption",
 ]
 
 ENCRYPTION_KEY_ANNOTATION: Final = "network.cilium.io/encryption-key"
@@ -108,6 +120,25 @@ def cilium_node_patch(cilium_node: Obj, *, public_key: str, encryption_key: int)
     return patch or None
 
 
+def node_withdraw_patch(node: Obj) -> Obj | None:
+    """The merge patch that removes the keys from a core Node, or None when it carries none."""
+    current = _annotations(node)
+    changes = {k: None for k in (WIREGUARD_PUB_KEY, ENCRYPTION_KEY_ANNOTATION) if k in current}
+    return {"metadata": {"annotations": changes}} if changes else None
+
+
+def cilium_node_withdraw_patch(cilium_node: Obj) -> Obj | None:
+    """The merge patch that removes the public key from a CiliumNode and sets its encryption key
+    to 0, or None when it already has neither."""
+    patch: Obj = {}
+    if WIREGUARD_PUB_KEY in _annotations(cilium_node):
+        patch["metadata"] = {"annotations": {WIREGUARD_PUB_KEY: None}}
+    encryption = (cilium_node.get("spec") or {}).get("encryption") or {}
+    if encryption.get("key"):
+        patch["spec"] = {"encryption": {"key": 0}}
+    return patch or None
+
+
 def _permanent(err: K8sError, target: PublishTarget, name: str, verb: str) -> NodePublishError:
     what = target.describe(name)
     if err.status == 403:
@@ -134,18 +165,29 @@ async def _get(api: K8sApi, target: PublishTarget, name: str) -> Obj | None:
         raise
 
 
+PatchMaker = Callable[[Obj], Obj | None]
+
+
 async def _publish_once(api: K8sApi, node_name: str, public_key: str, encryption_key: int) -> list[str]:
-    """One pass over both targets; the objects patched. Raises K8sError (with the target attached)."""
+    """One pass of the publication over both targets (see :func:`_patch_once`)."""
+    return await _patch_once(api, node_name, (
+        (NODE, partial(node_patch, public_key=public_key, encryption_key=encryption_key)),
+        (CILIUM_NODE, partial(cilium_node_patch, public_key=public_key, encryption_key=encryption_key)),
+    ))  # fmt: skip
+
+
+async def _patch_once(api: K8sApi, node_name: str, makers: Sequence[tuple[PublishTarget, PatchMaker]]) -> list[str]:
+    """One pass over the targets; the objects patched. Raises K8sError (with the target attached)."""
     patched: list[str] = []
     found = 0
-    for target, make in ((NODE, node_patch), (CILIUM_NODE, cilium_node_patch)):
+    for target, make in makers:
         verb = "get"
         try:
             obj = await _get(api, target, node_name)
             if obj is None:
                 continue
             found += 1
-            patch = make(obj, public_key=public_key, encryption_key=encryption_key)
+            patch = make(obj)
             if patch is None:
                 continue
             verb = "patch"
@@ -179,21 +221,47 @@ async def publish_with(
     """:func:`publish_node_encryption` over an open client; returns the objects it patched (empty
     when everything was published already). At most ``attempts`` passes, ``backoff`` between them."""
     _check(public_key, encryption_key)
+    log = _log.bind(node=node_name)
+    patched = await _retrying(lambda: _publish_once(api, node_name, public_key, encryption_key), node_name,
+                              attempts=attempts, backoff=backoff, what="publishing")
+    if patched:
+        log.info("WireGuard key published", objects=patched, public_key=public_key, encryption_key=encryption_key)
+    return patched
+
+
+async def _retrying(once: Callable[[], Awaitable[list[str]]], node_name: str, *, attempts: int,
+                    backoff: Backoff | None, what: str) -> list[str]:
     delays = backoff or Backoff(initial=0.5, maximum=5.0)
     log = _log.bind(node=node_name)
     for attempt in range(1, max(1, attempts) + 1):
         try:
-            patched = await _publish_once(api, node_name, public_key, encryption_key)
+            return await once()
         except _Failure as failure:
             if not _transient(failure.err) or attempt >= attempts:
                 raise _permanent(failure.err, failure.target, node_name, failure.verb) from failure.err
-            log.warning("publishing the WireGuard key failed, retrying", error=str(failure.err), attempt=attempt)
+            log.warning(f"{what} the WireGuard key failed, retrying", error=str(failure.err), attempt=attempt)
             await delays.wait()
-            continue
-        if patched:
-            log.info("WireGuard key published", objects=patched, public_key=public_key, encryption_key=encryption_key)
-        return patched
     raise AssertionError("unreachable: the loop returns or raises")
+
+
+async def withdraw_with(api: K8sApi, node_name: str, *, attempts: int = DEFAULT_ATTEMPTS,
+                        backoff: Backoff | None = None) -> list[str]:
+    """:func:`withdraw_node_encryption` over an open client; returns the objects it patched (empty
+    when nothing was published)."""
+    makers: tuple[tuple[PublishTarget, PatchMaker], ...] = (
+        (NODE, node_withdraw_patch), (CILIUM_NODE, cilium_node_withdraw_patch))
+    patched = await _retrying(lambda: _patch_once(api, node_name, makers), node_name, attempts=attempts,
+                              backoff=backoff, what="withdrawing")
+    if patched:
+        _log.info("WireGuard key withdrawn", node=node_name, objects=patched)
+    return patched
+
+
+async def withdraw_node_encryption(kubeconfig: Path, node_name: str) -> None:
+    """Remove this node's published WireGuard key from its Node and/or CiliumNode (see the module
+    docstring); idempotent, raises as :func:`publish_node_encryption`."""
+    async with await K8sApi.from_kubeconfig(kubeconfig) as api:
+        await withdraw_with(api, node_name)
 
 
 async def publish_node_encryption(kubeconfig: Path, node_name: str, *, public_key: str, encryption_key: int) -> None:

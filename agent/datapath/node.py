@@ -55,6 +55,9 @@ configured peer (:attr:`~agent.datapath.ipfeed.IPCacheFeed.encrypt_hosts`), 0 ot
 ``--encryption-strict-mode-cidr`` drops those); a change of the peer set re-emits only the entries
 of the nodes concerned. On a peer change: encrypt keys withdrawn, peers, steering, encrypt keys
 granted, in that order. ``--encryption none`` removes steering a previous agent left.
+A node labelled ``clustermesh.io/encryption=disabled`` (read by :meth:`NodeDatapath.prepare`
+before the start) runs as with ``--encryption none``, its device deleted and its published key
+withdrawn (see :mod:`agent.datapath.wireguard`).
 
 Nothing is programmed before the clustermesh initial sync (or its timeout) and the first local
 read: a restarted agent must not sweep live entries from a half-synced view (this is also the
@@ -94,18 +97,23 @@ from agent.datapath.targets import (
     services_desired,
 )
 from agent.datapath.wireguard import (
+    ENCRYPTION_LABEL,
+    ENCRYPTION_LABEL_DISABLED,
     EncryptionConfig,
     Publisher,
     WireGuardNode,
     disabled_status_json,
     index_plaintext_nodes,
     index_wireguard_peers,
+    read_encryption_label,
     steering_cleanup,
 )
 from agent.desired import Backend, IPCacheEntry, LocalInfo, NodeRoute, node_pod_cidrs, node_tunnel_ip
 from agent.incremental import DesiredDelta, DesiredIndex
 from agent.policy.resolve import HOST_IDENTITY, AllowLocalhost, PolicyState, compute_policy
 from bpf.maps import DEFAULT_PIN_ROOT
+from encryption.wireguard.device import WireGuardDevice
+from meshcore.backoff import Backoff
 from meshcore.errors import MeshError
 from meshcore.log import get_logger
 from meshcore.reconcile import Reconciler
@@ -215,6 +223,9 @@ class NodeDatapath:
         self.local = local
         self.config = config
         self.wireguard: WireGuardNode | None = None
+        self.encryption_disabled_by: str | None = None  # the migration label switched WireGuard off
+        self.key_withdrawn: bool | None = None
+        self.withdraw_error = ""
         self._publisher = publisher
         self.node_ip = ""
         self.host_addresses: tuple[str, ...] = ()  # this namespace's IPv4 addresses (reserved:host)
@@ -241,7 +252,16 @@ class NodeDatapath:
         self._local_read = asyncio.Event()
         self._log = get_logger(__name__, node=local.node_name)
 
-    # ---- setup (blocking) ----
+    # ---- setup ----
+
+    async def prepare(self) -> None:
+        """Before :meth:`start`: read this node's migration label (``--encryption wireguard`` with
+        ``--kubeconfig`` only); ``clustermesh.io/encryption=disabled`` switches WireGuard off here."""
+        enc = self.config.encryption
+        if await read_encryption_label(enc, self.local.node_name, self._log):
+            self.encryption_disabled_by = f"label {ENCRYPTION_LABEL}={ENCRYPTION_LABEL_DISABLED}"
+            self._log.warning("this node's encryption is disabled by its label: no WireGuard device, no published "
+                              "key; other nodes see it as a plaintext peer", label=self.encryption_disabled_by)
 
     def start(self) -> None:
         """Create the tunnel device (tunnel mode), load and attach the programs (idempotent across
@@ -324,8 +344,13 @@ class NodeDatapath:
             self._log.warning(
                 "egress strict mode without --encryption wireguard: all pod traffic to other nodes inside the "
                 "strict CIDR is dropped (nothing is encrypted)", cidr=enc.strict_cidr)  # fmt: skip
-        if not enc.wireguard:
+        if not enc.wireguard or self.encryption_disabled_by is not None:
             steering_cleanup(self._log)
+            if enc.wireguard:  # disabled by the label: the device goes too (its wireguard-go ends with it)
+                device = WireGuardDevice(enc.device)
+                if device.mode() is not None:
+                    device.delete()
+                    self._log.info("WireGuard device deleted (encryption disabled by label)", device=enc.device)
             return
         self.wireguard = WireGuardNode(
             self.local, enc, routing_mode=self.config.routing_mode, publisher=self._publisher
@@ -421,6 +446,8 @@ class NodeDatapath:
             if wg is not None:  # decided before the first programming: it shapes the steering
                 await wg.decide_opt_out(wg.labels_source(lambda: (self.local_state or LocalState()).nodes))
                 tasks.create_task(wg.publish(), name="wireguard key publication")
+            elif self.encryption_disabled_by is not None and (kubeconfig := self.config.encryption.kubeconfig):
+                tasks.create_task(self._withdraw_key(kubeconfig), name="wireguard key withdrawal")
             if policies is not None:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(_policies_synced(policies), self.config.policy_sync_timeout)
@@ -449,6 +476,22 @@ class NodeDatapath:
                         retried = time.monotonic()
                         self._parts.update(("endpoints", "policy"))
                         self.touch()
+
+    async def _withdraw_key(self, kubeconfig: Path) -> None:
+        """Remove this node's published key (disabled by its label), retrying until done. Never raises."""
+        from agent.nodepublish import withdraw_node_encryption
+
+        backoff = Backoff(initial=1.0, maximum=30.0)
+        while True:
+            try:
+                await withdraw_node_encryption(kubeconfig, self.local.node_name)
+            except Exception as err:
+                self.key_withdrawn, self.withdraw_error = False, f"{type(err).__name__}: {err}"
+                self._log.warning("withdrawing the WireGuard key failed, retrying", error=self.withdraw_error)
+                await backoff.wait()
+                continue
+            self.key_withdrawn, self.withdraw_error = True, ""
+            return
 
     async def _program(self, desired: DesiredIndex, policies: Any) -> None:
         delta, self._delta = self._delta, DesiredDelta()
@@ -647,11 +690,12 @@ class NodeDatapath:
                 for s in [rec.status()]
             },
             "policy": self.policy_state.stats.to_json() if self.policy_state is not None else None,
-            "encryption": self._encryption_json(),
+            "encryption": self.encryption_status(),
             "last-error": self.last_error,
         }
 
-    def _encryption_json(self) -> dict[str, Any]:
+    def encryption_status(self) -> dict[str, Any]:
+        """The ``encryption`` section of the status (also what the WireGuard metrics are read from)."""
         index = self._index
         remote_plain = index_plaintext_nodes(index) if index is not None else []
         local_plain: list[str] = []
@@ -660,7 +704,9 @@ class NodeDatapath:
             local_plain = sorted(f"{self.local.cluster_name}/{n.name}" for n in self.local_state.nodes
                                  if n.name != self.local.node_name and not n.wireguard_pub_key)  # fmt: skip
         if self.wireguard is None:
-            return disabled_status_json(enc, len(remote_plain) + len(local_plain))
+            return disabled_status_json(enc, len(remote_plain) + len(local_plain), plaintext=local_plain + remote_plain,
+                                        disabled_by=self.encryption_disabled_by, withdrawn=self.key_withdrawn,
+                                        withdraw_error=self.withdraw_error)  # fmt: skip
         return self.wireguard.status_json(local_plain + remote_plain)
 
 

@@ -33,6 +33,19 @@ else this node's record in the local etcd).
 ``--encryption none`` on a node that had WireGuard: :func:`~agent.datapath.steering.remove_steering`
 removes the rules and routes at start; the device and its key are left alone (harmless without
 steering; ``ip link del`` removes them).
+
+Per-node migration switch: a node whose Kubernetes Node carries the label
+``clustermesh.io/encryption=disabled`` (:data:`ENCRYPTION_LABEL`, read once at start with
+``--kubeconfig``, before the device is made: :func:`encryption_disabled_by_label`) runs as with
+``--encryption none``: the steering is removed, the device deleted (its wireguard-go ends with it;
+the key file is kept, so re-enabling the node brings back the same key) and the published key
+withdrawn (:func:`agent.nodepublish.withdraw_node_encryption`: no ``wg-pub-key``, encryption key
+0). Every other node then has it among its plaintext peers and, with egress strict mode, drops
+pod traffic to it (counted ``unencrypted``). Unreadable labels never switch encryption off.
+
+Metrics (:meth:`AgentMetrics.watch_encryption <agent.metrics.AgentMetrics.watch_encryption>`) are
+read from :meth:`WireGuardNode.status_json` at scrape time; :attr:`WireGuardNode.key_rotations`
+counts key rotations (none yet: the key is kept for the node's life).
 """
 
 from __future__ import annotations
@@ -74,12 +87,16 @@ from meshcore.wire import Node as WireNode
 
 __all__ = [
     "DEFAULT_OPT_OUT_LABELS",
+    "ENCRYPTION_LABEL",
+    "ENCRYPTION_LABEL_DISABLED",
     "EncryptionConfig",
     "PeerCandidate",
     "PeerPlan",
     "Publisher",
     "WireGuardNode",
     "disabled_status_json",
+    "encryption_disabled_by_label",
+    "read_encryption_label",
     "index_peer_candidates",
     "index_wireguard_peers",
     "index_plaintext_nodes",
@@ -97,6 +114,30 @@ DUMP_INTERVAL = 2.0
 LABELS_TIMEOUT = 10.0
 """Seconds to wait for this node's labels (the opt-out decision) before deciding without them."""
 _PLAINTEXT_SHOWN = 200
+ENCRYPTION_LABEL = "clustermesh.io/encryption"
+"""The per-node migration switch: ``disabled`` makes this node's agent run without encryption."""
+ENCRYPTION_LABEL_DISABLED = "disabled"
+
+
+def encryption_disabled_by_label(labels: Mapping[str, str]) -> bool:
+    """Whether a node's labels switch its encryption off (``clustermesh.io/encryption=disabled``)."""
+    return str(labels.get(ENCRYPTION_LABEL, "")).strip().lower() == ENCRYPTION_LABEL_DISABLED
+
+
+async def read_encryption_label(config: EncryptionConfig, node_name: str, log: Any = None) -> bool:
+    """Whether this node's Kubernetes Node switches its encryption off (bounded by
+    :data:`LABELS_TIMEOUT`). Without ``--kubeconfig``, or when the Node cannot be read, False:
+    encryption stays on (an API outage must never turn it off)."""
+    if not config.wireguard or config.kubeconfig is None:
+        return False
+    try:
+        labels = await asyncio.wait_for(_k8s_node_labels(config.kubeconfig, node_name), LABELS_TIMEOUT)
+    except Exception as err:
+        if log is not None:
+            log.warning(f"cannot read this node's labels: {ENCRYPTION_LABEL} is not honoured, encryption stays on",
+                        error=f"{type(err).__name__}: {err}")  # fmt: skip
+        return False
+    return encryption_disabled_by_label(labels)
 
 
 class Publisher(Protocol):
@@ -325,6 +366,7 @@ class WireGuardNode:
         self.published: bool | None = None
         self.publish_error = ""
         self.last_error = ""
+        self.key_rotations = 0  # no rotation yet: the key lives as long as its file
         self.reconcilers: dict[str, Reconciler[Any, Any]] = {}
         self._publisher = publisher or _default_publisher
         self._retry = publish_retry
@@ -549,6 +591,7 @@ class WireGuardNode:
             "key-file": str(self.key_file),
             "key-generated": self.key_generated,
             "key-file-age-seconds": key_age,
+            "key-rotations": self.key_rotations,
             "userspace-pid": self.device.userspace_pid() if self.implementation == "userspace" else None,
             "scope": self.config.scope,
             "routing-mode": self.routing_mode,
@@ -582,10 +625,16 @@ def _strict_json(config: EncryptionConfig) -> dict[str, Any] | None:
     return {"cidr": config.strict_cidr, "allow-remote-node-identities": config.strict_allow_remote_node}
 
 
-def disabled_status_json(config: EncryptionConfig, plaintext_count: int = 0) -> dict[str, Any]:
-    """The ``encryption`` section of a node without WireGuard."""
-    return {
+def disabled_status_json(config: EncryptionConfig, plaintext_count: int = 0, *, plaintext: Iterable[str] = (),
+                         disabled_by: str | None = None, withdrawn: bool | None = None,
+                         withdraw_error: str = "") -> dict[str, Any]:
+    """The ``encryption`` section of a node without WireGuard: ``--encryption none``, or
+    ``disabled_by`` the migration label (then ``withdrawn`` says whether its key is unpublished)."""
+    plain = list(plaintext)[:_PLAINTEXT_SHOWN]
+    out: dict[str, Any] = {
         "mode": "none",
+        "configured-mode": config.mode,
+        "disabled-by": disabled_by,
         "implementation": None,
         "device": None,
         "public-key": None,
@@ -594,9 +643,16 @@ def disabled_status_json(config: EncryptionConfig, plaintext_count: int = 0) -> 
         "strict-mode": _strict_json(config),
         "peer-count": 0,
         "peers": [],
-        "plaintext-peers": [],
-        "plaintext-peer-count": plaintext_count,
+        "plaintext-peers": plain,
+        "plaintext-peer-count": max(plaintext_count, len(plain)),
+        "problems": [],
     }
+    if disabled_by is not None:
+        out["key-withdrawn"] = withdrawn
+        out["withdraw-error"] = withdraw_error
+        if withdraw_error:
+            out["problems"] = [f"withdrawing the published WireGuard key failed: {withdraw_error}"]
+    return out
 
 
 _RP_FILTER_ALL = Path("/proc/sys/net/ipv4/conf/all/rp_filter")

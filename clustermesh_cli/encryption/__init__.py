@@ -2,6 +2,8 @@
 
 - :mod:`~clustermesh_cli.encryption.audit`: ``clustermesh encryption audit``, captures on every
   node's underlay and fails on plaintext pod traffic;
+- :mod:`~clustermesh_cli.encryption.status`: ``clustermesh encryption status``, every node's
+  WireGuard state from its agent (:mod:`~clustermesh_cli.encryption.statusmodel`: the checks);
 - :mod:`~clustermesh_cli.encryption.discover`: nodes, addresses and agent pods of each context;
 - :mod:`~clustermesh_cli.encryption.execcapture`: the captures, exec'd in the agent pods.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import click
 
 from clustermesh_cli.encryption.audit import audit
+from clustermesh_cli.encryption.status import encryption_status
 from meshcore.cliopts import CONTEXT_SETTINGS
 
 __all__ = ["encryption"]
@@ -22,3 +25,4 @@ def encryption() -> None:
 
 
 encryption.add_command(audit)
+encryption.add_command(encryption_status)

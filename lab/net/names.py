@@ -37,6 +37,12 @@ VXLAN_PORT = 8472
 #: Underlay MTU: room for the 50 bytes of VXLAN encapsulation on top of the pods' 1500.
 UNDERLAY_MTU = 1550
 POD_MTU = 1500
+#: Pod MTU of a lab with WireGuard (``lab up --encryption wireguard``): the device's MTU is the
+#: underlay's less Cilium's 80-byte WireGuard overhead, and a pod packet is VXLAN-encapsulated (50)
+#: before it enters the device, so a full-size pod packet fits only at 1550 - 80 - 50. With 1500 every
+#: full-size packet would leave as two WireGuard packets (the VXLAN packet fragmented in the tunnel).
+WIREGUARD_OVERHEAD = 80
+ENCRYPTED_POD_MTU = POD_MTU - WIREGUARD_OVERHEAD
 MAX_CLUSTER_ID = 255
 MAX_NODES_PER_CLUSTER = 254
 MAX_PODS_PER_NODE = 250

@@ -343,11 +343,12 @@ class Topology:
             yield pod.ns
 
 
-def plumb_pod(node_ipr: Any, pod_ns: str, host_ifname: str, ip: ipaddress.IPv4Address) -> None:
+def plumb_pod(node_ipr: Any, pod_ns: str, host_ifname: str, ip: ipaddress.IPv4Address, *,
+              mtu: int = names.POD_MTU) -> None:
     """Wire the existing namespace ``pod_ns`` behind a node the plan's way (see :mod:`lab.net.names`).
 
     A veth pair whose node end ``host_ifname`` lives in the namespace ``node_ipr`` is bound to and
-    whose pod end is ``eth0`` in ``pod_ns``, both with MTU 1500 and the MACs derived from ``ip``; in
+    whose pod end is ``eth0`` in ``pod_ns``, both with MTU ``mtu`` (1500) and the MACs derived from ``ip``; in
     the pod: IPv6 off, ``lo`` up, ``ip``/32 on ``eth0``, ``default via 169.254.1.1`` with a permanent
     neighbour entry for the node end's MAC; on the node: ``ip``/32 dev ``host_ifname`` with a
     permanent neighbour entry for the pod's MAC. The node end needs no address.
@@ -374,15 +375,15 @@ def plumb_pod(node_ipr: Any, pod_ns: str, host_ifname: str, ip: ipaddress.IPv4Ad
                 ifname=host_ifname,
                 kind="veth",
                 address=host_mac,
-                mtu=names.POD_MTU,
-                peer={"ifname": names.POD_IFNAME, "net_ns_fd": pod_ns, "address": pod_mac, "mtu": names.POD_MTU},
+                mtu=mtu,
+                peer={"ifname": names.POD_IFNAME, "net_ns_fd": pod_ns, "address": pod_mac, "mtu": mtu},
             )
             host, peer = nsutil.ifindex(node_ipr, host_ifname), nsutil.ifindex(pod_ipr, names.POD_IFNAME)
-        node_ipr.link("set", index=host, mtu=names.POD_MTU, state="up")
+        node_ipr.link("set", index=host, mtu=mtu, state="up")
         node_ipr.route("replace", dst=f"{ip}/32", oif=host, scope="link")
         node_ipr.neigh("replace", dst=str(ip), lladdr=pod_mac, ifindex=host, state=_NUD_PERMANENT)
         _lo_up(pod_ipr)
-        pod_ipr.link("set", index=peer, mtu=names.POD_MTU, state="up")
+        pod_ipr.link("set", index=peer, mtu=mtu, state="up")
         for addr in pod_ipr.get_addr(family=2, index=peer):
             if (addr.get("address"), addr["prefixlen"]) != (str(ip), 32):
                 pod_ipr.addr("del", index=peer, address=addr.get("address"), prefixlen=addr["prefixlen"])

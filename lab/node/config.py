@@ -1,6 +1,6 @@
 """The node runtime's configuration file (``NODE.json``, written by the lab supervisor).
 
-Every field is required except the restart backoff pair::
+Every field is required except the restart backoff pair and the pod MTU::
 
     {
       "lab": "lab",                     # lab name (2-7 of [a-z0-9], starting with a letter)
@@ -14,7 +14,8 @@ Every field is required except the restart backoff pair::
       "api_service_host": "172.16.1.1", "api_service_port": 443,
       "api_ca_file": "/run/clustermesh-lab/lab/clusters/c1/api/tls/ca.crt",
       "restart_backoff": 1.0,            # optional: first container restart delay (s)
-      "restart_backoff_max": 30.0        # optional: cap of the doubling delay (s)
+      "restart_backoff_max": 30.0,       # optional: cap of the doubling delay (s)
+      "pod_mtu": 1500                    # optional: the pods' eth0 MTU (1420 in a lab with WireGuard)
     }
 
 The restart backoff is deliberately faster than the kubelet's (10 s doubling to 300 s): lab
@@ -59,6 +60,7 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     api_ca_file: str
     restart_backoff: float = 1.0
     restart_backoff_max: float = 30.0
+    pod_mtu: int = 1500
 
     @property
     def pod_network(self) -> ipaddress.IPv4Network:
@@ -114,6 +116,8 @@ def validate(cfg: NodeConfig, *, check_files: bool = True) -> NodeConfig:
         raise bad("restart_backoff", "must be a positive number of seconds")
     if cfg.restart_backoff_max < cfg.restart_backoff:
         raise bad("restart_backoff_max", f"must be at least restart_backoff ({cfg.restart_backoff})")
+    if not 576 <= cfg.pod_mtu <= 1500:
+        raise bad("pod_mtu", "must be 576..1500")
     if check_files:
         for field, value in (("kubeconfig", cfg.kubeconfig), ("api_ca_file", cfg.api_ca_file)):
             if not Path(value).is_file():

@@ -111,12 +111,14 @@ class PodNetwork:
     """
 
     def __init__(
-        self, *, lab: str, cluster: str, node_index: int, pod_cidr: ipaddress.IPv4Network, state_dir: Path
+        self, *, lab: str, cluster: str, node_index: int, pod_cidr: ipaddress.IPv4Network, state_dir: Path,
+        mtu: int = names.POD_MTU,
     ) -> None:
         names.validate_prefix(lab)
         names.validate_name("cluster", cluster)
         self.lab, self.cluster, self.node_index = lab, cluster, node_index
         self.pod_cidr = ipaddress.IPv4Network(pod_cidr)
+        self.mtu = mtu  # lab.net.names.ENCRYPTED_POD_MTU in a lab with WireGuard
         self.state_file = Path(state_dir) / STATE_FILE
         #: The node's namespace, where this runs; every pod namespace of the node starts with it + ".".
         self.node_netns = names.node_ns(lab, cluster, f"n{node_index}")
@@ -160,12 +162,13 @@ class PodNetwork:
     # --- operations --------------------------------------------------------------------------
 
     def attach(self, pod_uid: str, netns_name: str) -> ipaddress.IPv4Address:
-        """Create the pod's netns (ip netns add, so it shows in `ip netns list`; if missing), a veth whose
-        pod end is eth0 (MTU 1500) and whose node end is named lxc<first 8 hex of the uid> in the node
-        namespace, the pod IP /32 on eth0, lo up, default via 169.254.1.1 with a permanent neighbour entry
-        to the node end's MAC, and on the node <ip>/32 dev lxc... plus a permanent neighbour entry for the
-        pod's MAC. Idempotent: the same uid keeps its IP across restarts of the process (allocations
-        persisted in state_dir, written atomically).
+        """Create the pod's netns (ip netns add, so it shows in `ip netns list`; if missing), a veth
+        whose pod end is eth0 (MTU :attr:`mtu`: 1500, 1420 with WireGuard) and whose node end is
+        named lxc<first 8 hex of the uid> in the node namespace, the pod IP /32 on eth0, lo up,
+        default via 169.254.1.1 with a permanent neighbour entry to the node end's MAC, and on the
+        node <ip>/32 dev lxc... plus a permanent neighbour entry for the pod's MAC. Idempotent: the
+        same uid keeps its IP across restarts of the process (allocations persisted in state_dir,
+        written atomically).
 
         Raises :class:`PodNetworkError` for a namespace name outside this node's, a UID already
         attached under another namespace name or whose ``lxc`` name another pod has, and
@@ -187,7 +190,7 @@ class PodNetwork:
             if not os.path.exists(os.path.join(nsutil.NETNS_RUN_DIR, netns_name)):
                 netns.create(netns_name)
             with IPRoute() as ipr:
-                plumb_pod(ipr, netns_name, ifname, ip)
+                plumb_pod(ipr, netns_name, ifname, ip, mtu=self.mtu)
             return ip
 
     def detach(self, pod_uid: str, netns_name: str) -> None:

@@ -81,7 +81,7 @@ def _default_network(cfg: NodeConfig) -> tuple[Network, Routes, NetnsNamer]:
         raise NodeRuntimeError(f"the pod network module is missing: {err}") from err
     try:
         network = PodNetwork(lab=cfg.lab, cluster=cfg.cluster, node_index=cfg.node_index, pod_cidr=cfg.pod_network,
-                             state_dir=cfg.state_path)
+                             state_dir=cfg.state_path, mtu=cfg.pod_mtu)
     except Exception as err:  # e.g. not started inside the node's namespace: say so and stop
         raise NodeRuntimeError(f"cannot set up the pod network: {err}") from err
     return network, NodeRoutes(cfg.node_name, service_ip=cfg.api_service_host), pod_netns_name

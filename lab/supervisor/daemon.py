@@ -27,7 +27,7 @@ from aiohttp import web
 from lab.etcd import EtcdProcess, free_port
 from lab.kube.api.server import ensure_tls_files
 from lab.kube.front import ApiFront
-from lab.net import Topology, nsutil
+from lab.net import Topology, names, nsutil
 from lab.net.forward import Forwarder
 from lab.supervisor import apiclient, kubeconfig
 from lab.supervisor.processes import ManagedProcess, process_state
@@ -192,6 +192,7 @@ class Supervisor:
             "state_dir": str(d), "cgroup_root": str(self.spec.node_cgroup(node)),
             "api_service_host": cluster.api_service_ip, "api_service_port": API_SERVICE_PORT,
             "api_ca_file": str(apiclient.api_ca_file(self.spec, cluster)),
+            "pod_mtu": names.ENCRYPTED_POD_MTU if self.spec.encryption == "wireguard" else names.POD_MTU,
         }  # fmt: skip
         _write_json(d / "node-config.json", config)
         argv = ["nsenter", f"--net=/run/netns/{node.netns}", "--", PYTHON, "-m", "lab.node", "--config",

@@ -1,6 +1,7 @@
-"""The product tour (``make demo``, ``clustermesh demo``): from nothing to two meshed lab clusters,
-a cross-cluster request, a global service with local and remote affinity, a policy drop that the
-datapath counts, and nothing left behind.
+"""The product tour (``make demo``, ``clustermesh demo``): from nothing to two meshed lab clusters
+with WireGuard, a cross-cluster request, every node's encryption status and a wire audit proving
+that pod traffic is encrypted, a global service with local and remote affinity, a policy drop that
+the datapath counts, and nothing left behind.
 
 Everything is done with the commands a user types (``clustermesh ...``, ``kubectl ...``), shown
 as they run; the tour only reads their output to check what they claim. Its lab (default name
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,7 +23,15 @@ from typing import Any, Final
 from lab.mesh import agent_pin_root
 from lab.supervisor import control
 from lab.supervisor.spec import LabSpec, LabSpecError, load, state_dir, validate_lab_name
-from lab.tour.runner import PROJECT, CommandResult, StepFailed, TourInterrupted, TourRunner, sigterm_as_interrupt
+from lab.tour.runner import (
+    CLI,
+    PROJECT,
+    CommandResult,
+    StepFailed,
+    TourInterrupted,
+    TourRunner,
+    sigterm_as_interrupt,
+)
 
 __all__ = ["DEFAULT_NAME", "POLICY_FILE", "REQUESTS", "run_tour", "tour_blockers"]
 
@@ -36,6 +46,8 @@ AFFINITY: Final = "service.cilium.io/affinity"
 CURL_TIMEOUT: Final = "3"
 PROPAGATION: Final = 30.0  # seconds a change may take to reach the other cluster's maps
 POLL: Final = 0.5
+AUDIT_SECONDS: Final = "5"
+TRAFFIC_SECONDS: Final = 15  # the background requests during the audit stop by themselves after this
 
 
 def tour_blockers(name: str) -> list[str]:
@@ -128,9 +140,11 @@ class _Tour:
 
     def lab_up(self) -> str:
         self.run.check(self.run.clustermesh("lab", "up", "--name", self.name, "--no-mesh", "--clusters", "2",
-                                            "--nodes", "2", "--no-kubeconfig", timeout=240), "lab up")
+                                            "--nodes", "2", "--encryption", "wireguard", "--no-kubeconfig",
+                                            timeout=240), "lab up")
         self.spec = load(self.name)
-        return f"clusters c1, c2 with 2 nodes each, no mesh yet (contexts {self.ctx('c1')}, {self.ctx('c2')})"
+        return (f"clusters c1, c2 with 2 nodes each, WireGuard for the mesh, no mesh yet (contexts "
+                f"{self.ctx('c1')}, {self.ctx('c2')})")
 
     def enable(self, cluster: str) -> str:
         out = self.run.check(self.run.clustermesh("enable", "--context", self.ctx(cluster), "--wait-duration", "3m",
@@ -183,6 +197,60 @@ class _Tour:
                              f"not c2/{self.target.name}")
         return (f"c1's client ({answer.get('client')}) -> {self.target.ip}: answered by c2/{self.target.name} "
                 f"on {answer.get('node')}")
+
+    def contexts(self) -> list[str]:
+        return ["--context", self.ctx("c1"), "--context", self.ctx("c2")]
+
+    def encryption_status(self) -> str:
+        def in_sync() -> CommandResult | None:
+            result = self.run.clustermesh("encryption", "status", *self.contexts(), "-o", "json", quiet=True,
+                                          timeout=60)
+            doc = json.loads(result.output) if result.output.strip().startswith("{") else {}
+            totals = doc.get("totals") or {}
+            # every node runs WireGuard and peers with the 3 others (the last keys may still be arriving)
+            return result if result.ok and totals.get("wireguard") == 4 and totals.get("peers-in-sync") == 12 \
+                else None
+
+        self.wait_for("every node with WireGuard and 3 peers in sync", in_sync)
+        out = self.run.check(self.run.clustermesh("encryption", "status", *self.contexts(), timeout=60),
+                             "encryption status")
+        lines = [line for line in out.output.splitlines() if line.startswith("OK:")]
+        return lines[-1].removeprefix("OK: ") if lines else "every node's peers in sync"
+
+    def _traffic(self) -> subprocess.Popen[str]:
+        """Requests from c1's client to the c2 echo pod in the background (bounded in time)."""
+        assert self.target is not None
+        script = (f"for i in $(seq 1 {TRAFFIC_SECONDS * 5}); do curl -s -m 1 -o /dev/null "
+                  f"http://{self.target.ip}:{ECHO_PORT}/; sleep 0.2; done")
+        argv = ["lab", "exec", "--name", self.name, "--context", self.ctx("c1"), "client", "--", "timeout",
+                str(TRAFFIC_SECONDS), "sh", "-c", script]
+        self.run.say(f"in the background: clustermesh {' '.join(argv[:7])} -- curl http://{self.target.ip}:"
+                     f"{ECHO_PORT}/ (5 requests a second)")
+        return subprocess.Popen([*CLI, *argv], cwd=PROJECT, env={**os.environ, **self.run.env},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+
+    def encryption_audit(self) -> str:
+        traffic = self._traffic()
+        try:
+            time.sleep(1.0)  # the requests are flowing when the capture starts
+            out = self.run.check(self.run.clustermesh("encryption", "audit", *self.contexts(), "--duration",
+                                                      AUDIT_SECONDS, timeout=90), "encryption audit")
+        finally:
+            traffic.terminate()
+            try:
+                traffic.wait(10)
+            except subprocess.TimeoutExpired:
+                traffic.kill()
+                traffic.wait()
+        header, *rows = [line.split() for line in out.output.splitlines() if "<->" in line or
+                         line.startswith("NODE-PAIR")] or [[]]
+        if not header:
+            raise StepFailed("the audit printed no node pairs")
+        wireguard = sum(int(r[header.index("WIREGUARD") + 2]) for r in rows)  # "a <-> b" is 3 fields
+        if not wireguard:
+            raise StepFailed("the audit saw no WireGuard packet while c1's client sent requests to c2")
+        verdict = next((line for line in out.output.splitlines() if line.startswith("PASS:")), "PASS")
+        return f"{wireguard} WireGuard packets between nodes; {verdict}"
 
     def _service_entry(self, affinity: str) -> dict[str, Any] | None:
         frontend = f"{self.cluster_ip}:{SERVICE_PORT}"
@@ -286,6 +354,8 @@ def run_tour(name: str = DEFAULT_NAME, *, runner: TourRunner | None = None) -> i
         ("clustermesh status --wait c2", lambda: tour.status("c2")),
         ("echo workload in both clusters", tour.workload),
         ("c1 -> a c2 pod by pod IP", tour.pod_ip),
+        ("clustermesh encryption status", tour.encryption_status),
+        ("clustermesh encryption audit --duration 5", tour.encryption_audit),
         ("global service, affinity local", tour.global_local),
         ("global service, affinity remote", tour.global_remote),
         ("policy in c2 drops c1's client", tour.policy),

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 STEPS = ("lab up --no-mesh", "clustermesh enable c1", "clustermesh enable c2", "clustermesh connect",
          "clustermesh status --wait c1", "clustermesh status --wait c2", "echo workload", "by pod IP",
+         "clustermesh encryption status", "clustermesh encryption audit --duration 5",
          "affinity local", "affinity remote", "drops c1's client", "lab down")
 
 
@@ -81,6 +82,9 @@ def _check_tour_output(name: str, out: subprocess.CompletedProcess[str]) -> None
     assert re.search(r"answered by c2/echo-\S+ on c2-n\d", text), text
     assert re.search(r"6/6 requests to \S+ answered by c1 \(", text) and re.search(r"6/6 .* answered by c2 \(", text)
     assert re.search(r"policy_denied ingress \d+ -> \d+ packets", text)
+    # WireGuard: every node's peers in sync, and the audit passed with WireGuard on the wire
+    assert re.search(r"4/4 node\(s\) reached, 4 with WireGuard, 12/12 peer\(s\) in sync", text), text
+    assert re.search(r"\d+ WireGuard packets between nodes; PASS: no plaintext pod traffic", text), text
     assert '"cluster": "c2"' in text  # the echo server's own answer, as curl printed it
 
 
