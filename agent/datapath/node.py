@@ -529,7 +529,7 @@ class NodeDatapath:
         assert wg is not None
         if self._full_ipcache:
             wg.load_remote(index_wireguard_peers(desired))
-        plan = await wg.replan(desired, local.nodes)
+        plan = await wg.replan(local.nodes)
         if not self._full_ipcache:
             await feed.set_encrypt_hosts(desired, feed.encrypt_hosts & plan.encrypt_hosts)
         await wg.program(plan)

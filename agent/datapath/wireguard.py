@@ -73,6 +73,7 @@ from agent.datapath.steering import (
     steering_desired,
 )
 from agent.desired import LocalInfo, WireGuardPeer, node_peer
+from agent.incremental import DesiredIndex
 from agent.records import node_record
 from bpf.layouts import STATIC_ENCRYPT_KEY
 from encryption.wireguard.device import DEVICE_NAME, FWMARK, LISTEN_PORT, WireGuardDevice, device_mtu
@@ -211,39 +212,19 @@ def local_peer_candidates(nodes: Iterable[WireNode], local: LocalInfo) -> list[P
     return out
 
 
-def _remote_encryption_key(index: Any, peer: WireGuardPeer) -> int:
-    key = getattr(peer, "encryption_key", None)
-    if key is None:
-        record = _index_nodes(index).get((peer.cluster, peer.node))
-        key = getattr(record, "encryption_key", STATIC_ENCRYPT_KEY)
-    return int(key) if isinstance(key, int) else STATIC_ENCRYPT_KEY
+def index_wireguard_peers(index: DesiredIndex) -> list[WireGuardPeer]:
+    """Every winning WireGuard peer of the remote clusters' desired state."""
+    return index.wireguard_peers()
 
 
-def _index_nodes(index: Any) -> Mapping[tuple[str, str], Any]:
-    # DesiredIndex has no public accessor for its node records (yet): read its table.
-    nodes = getattr(index, "_nodes", None)
-    return nodes if isinstance(nodes, Mapping) else {}
+def index_peer_candidates(peers: Iterable[WireGuardPeer]) -> list[PeerCandidate]:
+    """The remote clusters' peers as candidates, each with its node's encryption key."""
+    return [PeerCandidate(peer_source(p), p.encryption_key) for p in peers]
 
 
-def index_wireguard_peers(index: Any) -> list[WireGuardPeer]:
-    """Every winning WireGuard peer of a :class:`~agent.incremental.DesiredIndex` (its
-    ``wireguard_peers()`` when it has one, else its per-key table)."""
-    accessor = getattr(index, "wireguard_peers", None)
-    if callable(accessor):
-        return list(accessor())
-    table = getattr(index, "_peers", None) or {}
-    return [items[0] for items in table.values() if items]
-
-
-def index_peer_candidates(index: Any, peers: Iterable[WireGuardPeer]) -> list[PeerCandidate]:
-    """The remote clusters' peers as candidates (with their nodes' encryption keys)."""
-    return [PeerCandidate(peer_source(p), _remote_encryption_key(index, p)) for p in peers]
-
-
-def index_plaintext_nodes(index: Any) -> list[str]:
+def index_plaintext_nodes(index: DesiredIndex) -> list[str]:
     """The remote clusters' nodes known without a WireGuard key (``cluster/name``, sorted)."""
-    nodes = _index_nodes(index).items()
-    return sorted(f"{c}/{n}" for (c, n), rec in nodes if not getattr(rec, "wireguard_pub_key", ""))
+    return sorted(f"{c}/{n}" for (c, n), record in index.nodes().items() if not record.wireguard_pub_key)
 
 
 @dataclass(frozen=True)
@@ -429,11 +410,11 @@ class WireGuardNode:
                 changed = True
         return changed
 
-    async def replan(self, index: Any, local_nodes: Iterable[WireNode]) -> PeerPlan:
+    async def replan(self, local_nodes: Iterable[WireNode]) -> PeerPlan:
         """The plan for the current inputs: the candidates are read here (the inputs change on
         this loop), the plan is made in a thread (thousands of keys and addresses to check)."""
         assert self.key is not None  # started
-        remote = index_peer_candidates(index, list(self.remote.values()))
+        remote = index_peer_candidates(list(self.remote.values()))
         local = local_peer_candidates(local_nodes, self.local) if self.config.scope == "all" else []
         return await asyncio.to_thread(
             partial(plan_peers, self.key.public_key, remote, local, scope=self.config.scope,

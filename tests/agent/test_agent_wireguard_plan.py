@@ -82,7 +82,7 @@ def test_plan_from_the_index_and_local_nodes(mode: str) -> None:
     index = _index(_node("c2", "m0", "192.168.2.1", "10.2.0.0"),
                    _node("c2", "m1", "192.168.2.2", "10.2.1.0", key=False))  # fmt: skip
     local_nodes = [_node("c1", "n0", "192.168.1.1", "10.1.0.0"), _node("c1", "n1", "192.168.1.2", "10.1.1.0", enc=0)]
-    remote = index_peer_candidates(index, index_wireguard_peers(index))
+    remote = index_peer_candidates(index_wireguard_peers(index))
     local = local_peer_candidates(local_nodes, LOCAL)
     assert [c.source.node for c in local] == ["c1/n1"]  # not this node itself
     plan = plan_peers(KEYS["self"], remote, local, scope="all", routing_mode=mode, keepalive=25)
