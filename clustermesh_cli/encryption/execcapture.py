@@ -1,25 +1,21 @@
 """Run the capture inside every node at once: exec :data:`CAPTURE_COMMAND` in the node's agent pod
 (its agent container has the host's network, so it sees the node's underlay) and parse its JSON.
 
-The exec is the official client's ``kubernetes.stream.stream`` over
-``CoreV1Api.connect_get_namespaced_pod_exec`` (what kubectl exec does; no kubectl binary needed),
-one ``ApiClient`` per exec since ``stream`` patches its client while it connects.
+The exec is :func:`clustermesh_cli.podexec.exec_json` (``pods/exec`` through the official client,
+as ``clustermesh status --context`` asks the agents; no kubectl binary needed).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
-import websocket
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-from kubernetes.stream import stream
 
 from clustermesh_cli.encryption.discover import Target
+from clustermesh_cli.podexec import exec_json
 from encryption.audit.classify import AuditPlan
 from encryption.audit.report import NodeCapture
 
@@ -31,7 +27,6 @@ CAPTURE_COMMAND: Final = ("python3", "-m", "encryption.audit.capture")
 #: Seconds an exec may take beyond the capture's duration (interpreter start, netlink, JSON).
 STARTUP_ALLOWANCE: Final = 20.0
 MAX_PARALLEL: Final = 128  # captures run at once: all of them, so their windows overlap
-_ERROR_TAIL: Final = 400
 
 #: Runs one capture: (target, command, timeout) -> its result. Tests give their own.
 CaptureExec = Callable[[Target, list[str], float], NodeCapture]
@@ -44,18 +39,6 @@ def capture_command(target: Target, plan: AuditPlan, duration: float) -> list[st
             "--plan-json", json.dumps(plan.to_json(), separators=(",", ":")), "-o", "json"]
 
 
-def _tail(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _ERROR_TAIL else "..." + text[-_ERROR_TAIL:]
-
-
-def _api_error(err: ApiException) -> str:
-    reason = str(err.reason or err)
-    with contextlib.suppress(ValueError, TypeError, AttributeError):
-        reason = json.loads(reason.split("-+-+-")[-1]).get("message") or reason
-    return f"exec refused by the Kubernetes API: {_tail(reason)}"
-
-
 def exec_capture(configuration: client.Configuration, target: Target, command: list[str], timeout: float, *,
                  container: str) -> NodeCapture:
     """Exec ``command`` in ``target``'s pod (``container``) for at most ``timeout`` seconds; its
@@ -63,35 +46,11 @@ def exec_capture(configuration: client.Configuration, target: Target, command: l
     pod: Mapping[str, Any] = target.pod or {}
     md = pod.get("metadata") or {}
     where = f"pod {md.get('namespace')}/{md.get('name')}"
-    api = client.ApiClient(configuration)
-    ws: Any = None
-    try:
-        ws = stream(client.CoreV1Api(api).connect_get_namespaced_pod_exec, str(md.get("name")),
-                    str(md.get("namespace")), command=command, container=container, stdin=False, stdout=True,
-                    stderr=True, tty=False, _preload_content=False)
-        ws.run_forever(timeout=timeout)
-        if ws.is_open():
-            return NodeCapture(target.node, error=f"capture in {where} did not finish within {timeout:g}s")
-        out, err, code = str(ws.read_stdout() or ""), str(ws.read_stderr() or ""), ws.returncode
-    except ApiException as exc:
-        return NodeCapture(target.node, error=f"{where}: {_api_error(exc)}")
-    except (OSError, websocket.WebSocketException, ValueError, KeyError, TypeError, IndexError) as exc:
-        return NodeCapture(target.node, error=f"exec in {where} failed: {type(exc).__name__}: {_tail(str(exc))}")
-    finally:
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                ws.close()
-        api.close()  # type: ignore[no-untyped-call]
-    if code != 0:
-        why = _tail(err.removeprefix("error: ")) or f"exit status {code}"
-        return NodeCapture(target.node, error=f"capture in {where} failed: {why}")
-    try:
-        doc = json.loads(out)
-    except ValueError:
-        return NodeCapture(target.node, error=f"capture in {where} printed no JSON: {_tail(out or err)}")
-    if not isinstance(doc, dict):
-        return NodeCapture(target.node, error=f"capture in {where} printed {type(doc).__name__}, not a document")
-    return NodeCapture(target.node, result=doc)
+    result = exec_json(configuration, str(md.get("namespace")), str(md.get("name")), container, command, timeout,
+                       what="capture")
+    if result.doc is None:
+        return NodeCapture(target.node, error=f"{where}: {result.error}")
+    return NodeCapture(target.node, result=result.doc)
 
 
 def run_captures(targets: Sequence[Target], plan: AuditPlan, duration: float, run: CaptureExec) -> list[NodeCapture]:

@@ -9,8 +9,6 @@ connects, so each exec gets an ``ApiClient`` of its own: the agents are asked in
 
 from __future__ import annotations
 
-import contextlib
-import json
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,9 +16,7 @@ from typing import Any, Final
 
 import websocket
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
-from kubernetes.stream import stream
 
 from clustermesh_cli.enable.kube import KubeError, KubeObjects
 from clustermesh_cli.enable.readiness import pod_problems
@@ -29,6 +25,7 @@ from clustermesh_cli.install.manifests import agent_socket_path
 from clustermesh_cli.install.secrets import secret_peers
 from clustermesh_cli.mesh.peers import CLUSTER_CONFIG_MAPS, CONFIG_KEY_CLUSTER_NAME
 from clustermesh_cli.meshstatus.model import AgentProbe, MeshStatus, summarise
+from clustermesh_cli.podexec import exec_json
 from meshcore.errors import ConfigError
 
 __all__ = ["AGENT_COMMAND", "EXEC_PARALLEL", "AgentExec", "agent_command", "collect", "exec_agent_status"]
@@ -36,7 +33,6 @@ __all__ = ["AGENT_COMMAND", "EXEC_PARALLEL", "AgentExec", "agent_command", "coll
 AGENT_COMMAND: Final = "clustermesh"  # the image's CLI (Containerfile), on the agent container's PATH
 EXEC_PARALLEL: Final = 8  # agents asked at once
 _STARTUP_ALLOWANCE: Final = 1.5  # seconds the in-pod CLI may take to start, out of one exec's budget
-_ERROR_TAIL: Final = 400  # characters of an agent's stderr kept in a reason
 
 #: Runs one exec: (pod, timeout) -> probe. :func:`collect` takes one for tests and other transports.
 AgentExec = Callable[[Mapping[str, Any], float], AgentProbe]
@@ -62,54 +58,15 @@ def _load_configuration(context: str, kubeconfig: str | Path | None) -> client.C
     return configuration
 
 
-def _tail(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _ERROR_TAIL else "..." + text[-_ERROR_TAIL:]
-
-
-def _exec_error(err: ApiException) -> str:
-    reason = str(err.reason or err)
-    with contextlib.suppress(ValueError, TypeError, AttributeError):
-        body = reason.split("-+-+-")[-1]  # the WebSocket client packs the handshake's body into the reason
-        reason = json.loads(body).get("message") or reason
-    return f"exec refused by the Kubernetes API: {_tail(reason)}"
-
-
 def exec_agent_status(configuration: client.Configuration, pod: Mapping[str, Any], timeout: float) -> AgentProbe:
     """Exec :func:`agent_command` in ``pod`` (its ``agent`` container), at most ``timeout`` seconds
     once connected, and parse its JSON; the probe carries the reason when that fails."""
     md, spec = pod.get("metadata") or {}, pod.get("spec") or {}
-    node = str(spec.get("nodeName"))
-    api = client.ApiClient(configuration)
-    ws: Any = None
-    try:
-        core = client.CoreV1Api(api)
-        ws = stream(core.connect_get_namespaced_pod_exec, str(md.get("name")), str(md.get("namespace")),
-                    command=agent_command(node, timeout), container=names.AGENT_CONTAINER, stdin=False,
-                    stdout=True, stderr=True, tty=False, _preload_content=False)
-        ws.run_forever(timeout=timeout)
-        if ws.is_open():
-            return AgentProbe(pod, error=f"no answer within {timeout:g}s (exec of {AGENT_COMMAND} status in the pod; "
-                                         "is the agent hung?)")
-        out, err, code = str(ws.read_stdout() or ""), str(ws.read_stderr() or ""), ws.returncode
-    except ApiException as exc:
-        return AgentProbe(pod, error=_exec_error(exc))
-    except (OSError, websocket.WebSocketException, ValueError, KeyError, TypeError, IndexError) as exc:
-        return AgentProbe(pod, error=f"exec failed: {type(exc).__name__}: {_tail(str(exc))}")
-    finally:
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                ws.close()
-        api.close()  # type: ignore[no-untyped-call]
-    if code != 0:
-        return AgentProbe(pod, error=_tail(err.removeprefix("Error: ")) or f"{AGENT_COMMAND} status exited {code}")
-    try:
-        doc = json.loads(out)
-    except ValueError as exc:
-        return AgentProbe(pod, error=f"{AGENT_COMMAND} status printed no JSON ({exc}): {_tail(out or err)}")
-    if not isinstance(doc, dict):
-        return AgentProbe(pod, error=f"{AGENT_COMMAND} status printed {type(doc).__name__}, not a status document")
-    return AgentProbe(pod, status=doc)
+    result = exec_json(configuration, str(md.get("namespace")), str(md.get("name")), names.AGENT_CONTAINER,
+                       agent_command(str(spec.get("nodeName")), timeout), timeout, what=f"{AGENT_COMMAND} status")
+    if result.doc is None:
+        return AgentProbe(pod, error=result.error)
+    return AgentProbe(pod, status=result.doc)
 
 
 def _not_running(pod: Mapping[str, Any]) -> str | None:
