@@ -37,6 +37,7 @@ from typing import Any
 
 from agent.datapath.steering import VXLAN_PORT, WIREGUARD_PRIORITY, WIREGUARD_TABLE
 from bpf.layouts import STATIC_ENCRYPT_KEY
+from bpf.maps import remove_pin_tree
 from encryption.wireguard.device import FWMARK, LISTEN_PORT, RUNTIME_DIR, WireGuardDevice, device_mtu
 from encryption.wireguard.keys import WireGuardKey, generate, load_or_generate
 from lab.net import Topology, names, nsutil, ping, unique_prefix
@@ -296,16 +297,7 @@ def agent_path() -> Iterator[BenchPath]:
         yield path
     finally:
         _teardown(path)
-        _rm_tree(pin_root)
+        remove_pin_tree(pin_root)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _rm_tree(path: Path) -> None:
-    if not path.exists():
-        return
-    for child in path.iterdir():
-        if child.is_dir():
-            _rm_tree(child)
-        else:
-            child.unlink()
-    path.rmdir()

@@ -84,6 +84,19 @@ def node_pin_dir(node: str, pin_root: str | os.PathLike[str] = DEFAULT_PIN_ROOT)
     return Path(pin_root) / node
 
 
+def remove_pin_tree(path: Path) -> None:
+    """Unpin everything under ``path`` (a bpffs directory) and remove it; nothing if it is gone.
+    Files are unlinked one by one: bpffs holds pins and directories only."""
+    if not path.exists():
+        return
+    for child in path.iterdir():
+        if child.is_dir():
+            remove_pin_tree(child)
+        else:
+            child.unlink()
+    path.rmdir()
+
+
 def _unsupported(exc: OSError) -> bool:
     return exc.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 524)  # 524: ENOTSUPP
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bpf.maps import remove_pin_tree
 from lab.prereqs import datapath_unavailable, skip_items_below
 
 CGROUP2_ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
@@ -28,15 +29,6 @@ def run(*args: str, timeout: float = 10, check: bool = True) -> subprocess.Compl
     return proc
 
 
-def _rm_tree(path: Path) -> None:
-    if not path.exists():
-        return
-    for child in path.iterdir():
-        if child.is_dir():
-            _rm_tree(child)
-        else:
-            child.unlink()
-    path.rmdir()
 
 
 @pytest.fixture
@@ -47,7 +39,7 @@ def pin_root() -> Iterator[Path]:
     try:
         yield root
     finally:
-        _rm_tree(root)
+        remove_pin_tree(root)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bpf.maps import remove_pin_tree
 from lab.prereqs import datapath_unavailable, skip_items_below
 
 
@@ -16,15 +17,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip_items_below(Path(__file__).parent, list(items), datapath_unavailable())
 
 
-def _rm_tree(path: Path) -> None:
-    if not path.exists():
-        return
-    for child in path.iterdir():
-        if child.is_dir():
-            _rm_tree(child)
-        else:
-            child.unlink()
-    path.rmdir()
 
 
 @pytest.fixture
@@ -35,4 +27,4 @@ def pin_root() -> Iterator[Path]:
     try:
         yield root
     finally:
-        _rm_tree(root)
+        remove_pin_tree(root)
