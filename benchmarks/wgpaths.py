@@ -9,7 +9,7 @@ of one topology (clusters c1 and c2 of one node each, a pod behind each node, on
   ``1: ipproto udp dport 8472 lookup 201`` and ``<peer node IP>/32 dev <wg> src <node IP>`` in
   table 201;
 - **agent** (:func:`agent_path`): per node a real ``NodeDatapath`` with ``--encryption wireguard``
-  in tunnel mode (:mod:`tests.agent.datapath.wgnode`, fed with the other cluster's node and pod
+  in tunnel mode (:mod:`lab.wgnode`, fed with the other cluster's node and pod
   records): its eBPF programs, VXLAN device, wireguard-go device, peers and steering.
 
 Both are context managers that take everything down on exit, failure included: the agents, the
@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from encryption.wireguard.device import FWMARK, LISTEN_PORT, RUNTIME_DIR, WireGu
 from encryption.wireguard.keys import WireGuardKey, generate, load_or_generate
 from lab.net import Topology, names, nsutil, ping, unique_prefix
 from lab.net.topology import Node, Pod
+from lab.wgnode import stop as stop_node
 from meshcore.wire import CIDR, IPIdentityPair, NodeAddress
 from meshcore.wire import Node as WireNode
 
@@ -104,7 +104,7 @@ def _topology(base: str) -> tuple[Topology, tuple[PathNode, PathNode]]:
 def _teardown(path: BenchPath) -> None:
     """Agents, then WireGuard devices (wireguard-go ends, its socket goes), then the namespaces."""
     for proc in path.agents:
-        _stop(proc)
+        stop_node(proc)
     for n in path.nodes:
         with contextlib.suppress(Exception):
             n.device_handle().delete()
@@ -114,17 +114,6 @@ def _teardown(path: BenchPath) -> None:
         if sock.exists():
             sock.unlink(missing_ok=True)
     path.topo.close()
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def _wait_reachable(path: BenchPath) -> None:
@@ -211,7 +200,7 @@ def _pair(n: PathNode) -> IPIdentityPair:
 
 
 def agent_spec(local: PathNode, remote: PathNode, keys: dict[str, str], pin_root: Path, state: Path) -> dict[str, Any]:
-    """The :mod:`tests.agent.datapath.wgnode` spec of ``local``'s agent (pure): tunnel mode,
+    """The :mod:`lab.wgnode` spec of ``local``'s agent (pure): tunnel mode,
     ``--encryption wireguard``, the other cluster's node (with its public key from ``keys``, by
     cluster) and pod as remote records, its own as the local etcd's."""
 
@@ -256,7 +245,7 @@ def _start_agent(n: PathNode, spec: dict[str, Any], state: Path) -> subprocess.P
     spec_path = state / "spec.json"
     spec_path.write_text(json.dumps(spec))
     argv = ["nsenter", f"--net=/run/netns/{n.node.ns}", "setpriv", "--pdeathsig", "KILL", "--",
-            sys.executable, "-m", "tests.agent.datapath.wgnode", str(spec_path)]  # fmt: skip
+            sys.executable, "-m", "lab.wgnode", str(spec_path)]  # fmt: skip
     with open(state / "agent.log", "ab") as log:
         return subprocess.Popen(argv, cwd=PROJECT, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 env={**os.environ, "PYTHONPATH": str(PROJECT)})  # fmt: skip

@@ -1,6 +1,6 @@
 """``--encryption wireguard`` on real node datapaths: namespaces of a :class:`lab.net.Topology`
 (clusters c1 and c2 on one underlay bridge), each node's ``NodeDatapath`` (BPF programs, real
-wireguard-go, policy routing) running in its namespace (:mod:`tests.agent.datapath.wgnode`), fed
+wireguard-go, policy routing) running in its namespace (:mod:`lab.wgnode`), fed
 with Cilium node and ipcache records (the remote cluster's through the desired-state index, this
 cluster's as the local etcd's), traffic between the pods, a capture on the underlay bridge.
 """
@@ -30,6 +30,7 @@ from encryption.wireguard.device import WireGuardDevice
 from encryption.wireguard.keys import load_or_generate
 from lab.net import Topology, ping, tcp_stream, unique_prefix
 from lab.net.topology import Node, Pod
+from lab.wgnode import stop as stop_node
 from meshcore.wire import CIDR, IPIdentityPair, NodeAddress
 from meshcore.wire import Node as WireNode
 
@@ -155,21 +156,14 @@ class WgLab:
         path.write_text(json.dumps(n.spec))
         n.status_path.unlink(missing_ok=True)
         argv = ["nsenter", f"--net=/run/netns/{n.node.ns}", "setpriv", "--pdeathsig", "KILL", "--",
-                sys.executable, "-m", "tests.agent.datapath.wgnode", str(path)]  # fmt: skip
+                sys.executable, "-m", "lab.wgnode", str(path)]  # fmt: skip
         with open(n.log_path, "ab") as log:
             n.proc = subprocess.Popen(argv, cwd=PROJECT, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                       env={**os.environ, "PYTHONPATH": str(PROJECT)})  # fmt: skip
 
     def stop(self, n: LabNode) -> None:
         proc, n.proc = n.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_node(proc)
 
     def wait(self, n: LabNode, check: Callable[[dict[str, Any]], bool], within: float = 40.0) -> dict[str, Any]:
         deadline = time.monotonic() + within

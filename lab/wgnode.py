@@ -1,8 +1,9 @@
 """One node's datapath (``NodeDatapath`` with its WireGuard) in the current network namespace, fed
-from a JSON spec instead of etcd: the test starts it inside a node namespace with ``nsenter
---net`` (not ``ip netns exec``, which remounts /sys and hides the bpffs pin root).
+from a JSON spec instead of etcd, for the WireGuard datapath tests and benchmark: they start it
+inside a node namespace with ``nsenter --net`` (not ``ip netns exec``, which remounts /sys and hides
+the bpffs pin root) and end it with :func:`stop`.
 
-    python -m tests.agent.datapath.wgnode SPEC.json
+    python -m lab.wgnode SPEC.json
 
 The spec names the node (``local``), its datapath and encryption config, the remote clusters'
 records (``remote``: nodes and ipcache pairs as Cilium JSON) and this cluster's (``local_state``).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 import sys
 from contextlib import suppress
 from pathlib import Path
@@ -27,6 +29,18 @@ from agent.desired import ClusterView, LocalInfo
 from agent.incremental import DesiredIndex
 from meshcore.log import configure
 from meshcore.wire import IPIdentityPair, Node
+
+
+def stop(proc: subprocess.Popen[bytes] | None) -> None:
+    """End a node started as ``python -m lab.wgnode``: SIGTERM, then SIGKILL after 10 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def _views(spec: dict[str, Any]) -> dict[str, ClusterView]:
