@@ -103,9 +103,10 @@ from agent.datapath.wireguard import (
     Publisher,
     WireGuardNode,
     disabled_status_json,
+    encryption_disabled_by_label,
     index_plaintext_nodes,
     index_wireguard_peers,
-    read_encryption_label,
+    read_node_labels,
     steering_cleanup,
 )
 from agent.desired import Backend, IPCacheEntry, LocalInfo, NodeRoute, node_pod_cidrs, node_tunnel_ip
@@ -224,6 +225,7 @@ class NodeDatapath:
         self.config = config
         self.wireguard: WireGuardNode | None = None
         self.encryption_disabled_by: str | None = None  # the migration label switched WireGuard off
+        self._node_labels: dict[str, str] | None = None  # this node's Kubernetes labels, read at prepare()
         self.key_withdrawn: bool | None = None
         self.withdraw_error = ""
         self._publisher = publisher
@@ -257,11 +259,14 @@ class NodeDatapath:
     async def prepare(self) -> None:
         """Before :meth:`start`: read this node's migration label (``--encryption wireguard`` with
         ``--kubeconfig`` only); ``clustermesh.io/encryption=disabled`` switches WireGuard off here."""
-        enc = self.config.encryption
-        if await read_encryption_label(enc, self.local.node_name, self._log):
+        self._node_labels = await read_node_labels(self.config.encryption, self.local.node_name, self._log)
+        if self._node_labels is not None and encryption_disabled_by_label(self._node_labels):
             self.encryption_disabled_by = f"label {ENCRYPTION_LABEL}={ENCRYPTION_LABEL_DISABLED}"
             self._log.warning("this node's encryption is disabled by its label: no WireGuard device, no published "
                               "key; other nodes see it as a plaintext peer", label=self.encryption_disabled_by)
+
+    def _local_nodes(self) -> Iterable[Any]:
+        return (self.local_state or LocalState()).nodes
 
     def start(self) -> None:
         """Create the tunnel device (tunnel mode), load and attach the programs (idempotent across
@@ -444,7 +449,7 @@ class NodeDatapath:
             await initial_sync
             await self._local_read.wait()
             if wg is not None:  # decided before the first programming: it shapes the steering
-                await wg.decide_opt_out(wg.labels_source(lambda: (self.local_state or LocalState()).nodes))
+                await wg.decide_opt_out(wg.labels_source(self._local_nodes, self._node_labels))
                 tasks.create_task(wg.publish(), name="wireguard key publication")
             elif self.encryption_disabled_by is not None and (kubeconfig := self.config.encryption.kubeconfig):
                 tasks.create_task(self._withdraw_key(kubeconfig), name="wireguard key withdrawal")

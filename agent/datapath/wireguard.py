@@ -97,7 +97,7 @@ __all__ = [
     "WireGuardNode",
     "disabled_status_json",
     "encryption_disabled_by_label",
-    "read_encryption_label",
+    "read_node_labels",
     "index_peer_candidates",
     "index_wireguard_peers",
     "index_plaintext_nodes",
@@ -125,20 +125,20 @@ def encryption_disabled_by_label(labels: Mapping[str, str]) -> bool:
     return str(labels.get(ENCRYPTION_LABEL, "")).strip().lower() == ENCRYPTION_LABEL_DISABLED
 
 
-async def read_encryption_label(config: EncryptionConfig, node_name: str, log: Any = None) -> bool:
-    """Whether this node's Kubernetes Node switches its encryption off (bounded by
-    :data:`LABELS_TIMEOUT`). Without ``--kubeconfig``, or when the Node cannot be read, False:
-    encryption stays on (an API outage must never turn it off)."""
+async def read_node_labels(config: EncryptionConfig, node_name: str, log: Any = None) -> dict[str, str] | None:
+    """This node's Kubernetes Node labels, read once at start (bounded by :data:`LABELS_TIMEOUT`),
+    for the migration label and the opt-out; None without ``--encryption wireguard`` and
+    ``--kubeconfig``, or when the Node cannot be read (then :func:`encryption_disabled_by_label`
+    is not applied: an API outage must never turn encryption off)."""
     if not config.wireguard or config.kubeconfig is None:
-        return False
+        return None
     try:
-        labels = await asyncio.wait_for(_k8s_node_labels(config.kubeconfig, node_name), LABELS_TIMEOUT)
+        return await asyncio.wait_for(_k8s_node_labels(config.kubeconfig, node_name), LABELS_TIMEOUT)
     except Exception as err:
         if log is not None:
             log.warning(f"cannot read this node's labels: {ENCRYPTION_LABEL} is not honoured, encryption stays on",
                         error=f"{type(err).__name__}: {err}")  # fmt: skip
-        return False
-    return encryption_disabled_by_label(labels)
+        return None
 
 
 class Publisher(Protocol):
@@ -499,10 +499,14 @@ class WireGuardNode:
             return
 
     def labels_source(
-        self, local_nodes: Callable[[], Iterable[WireNode]]
+        self, local_nodes: Callable[[], Iterable[WireNode]], known: Mapping[str, str] | None = None
     ) -> Callable[[], Awaitable[Mapping[str, str]]]:
-        """Where this node's labels come from: its Kubernetes Node with a kubeconfig, else its
-        record in the local etcd."""
+        """Where this node's labels come from: ``known`` (its Kubernetes Node as read at start),
+        else its Kubernetes Node with a kubeconfig, else its record in the local etcd."""
+
+        async def given() -> Mapping[str, str]:
+            assert known is not None
+            return known
 
         async def from_local() -> Mapping[str, str]:
             for node in local_nodes():
@@ -518,6 +522,8 @@ class WireGuardNode:
                 self._log.warning("cannot read this node's Kubernetes labels, using its kvstore record", error=str(err))
                 return await from_local()
 
+        if known is not None:
+            return given
         return from_k8s if self.config.kubeconfig is not None else from_local
 
     # ---- status ----
