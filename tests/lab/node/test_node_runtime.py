@@ -189,6 +189,13 @@ class NodeLab:
         md = pod["metadata"]
         return self.state_dir / "pods" / f"{md['namespace']}_{md['name']}_{md['uid']}"
 
+    def wait_podapp_started(self, pod: Obj) -> None:
+        """Wait until podapp has installed its SIGTERM handler (it logs its start line after): a pod
+        without a readiness probe is Ready as soon as its process exists, which can be before that."""
+        log = self.pod_dir(pod) / "main" / "0.log"
+        self.wait_for("podapp to install its SIGTERM handler",
+                      lambda: log.exists() and "podapp starting" in log.read_text(errors="replace"))
+
 
 def manifest(name: str, command: list[str], *, containers: list[Obj] | None = None, **spec: Any) -> Obj:
     main: Obj = {"name": "main", "image": "registry.example/lab-test:1", "command": command}
@@ -533,6 +540,7 @@ def test_deletion_timestamp_held_by_a_finalizer(node_lab: NodeLab) -> None:
     node_lab.create(pod)
     pod = node_lab.wait_pod("held", is_ready, "Running and Ready")
     pid = pod_pid(node_lab, pod)
+    node_lab.wait_podapp_started(pod)
     netns = pod_netns_name(node_lab.prefix, "c1", 0, "default", "held")
     node_lab.core.delete_namespaced_pod("held", "default", grace_period_seconds=5)
     node_lab.wait_for("SIGTERM to reach the container", on_term.exists)
