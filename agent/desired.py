@@ -153,6 +153,8 @@ class WireGuardPeer:
     node: str
     encryption_key: int = 0
     """The node's ``EncryptionKey``: 0 when it opted out of node-to-node encryption."""
+    next_public_key: str = ""
+    """The key the node announces it rotates to (``clustermesh.io/wg-next-pub-key``); ``""``: none."""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -162,6 +164,7 @@ class WireGuardPeer:
             "encryption-key": self.encryption_key,
             "cluster": self.cluster,
             "node": self.node,
+            "next-public-key": self.next_public_key or None,
         }
 
 
@@ -272,6 +275,7 @@ def node_peer(node: NodeRecord) -> WireGuardPeer | None:
         cluster=node.cluster,
         node=node.name,
         encryption_key=node.encryption_key,
+        next_public_key=node.wireguard_next_pub_key,
     )
 
 

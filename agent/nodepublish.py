@@ -4,7 +4,11 @@ them (Cilium's publication, reference §1.3), so that every other node of the me
 - CiliumNode (``--source cilium``): the annotation ``network.cilium.io/wg-pub-key`` and
   ``spec.encryption.key`` (read by ``converters/ciliumnode.py``);
 - Node (``--source kubernetes``): the annotations ``network.cilium.io/wg-pub-key`` and
-  ``network.cilium.io/encryption-key`` (decimal; read by ``converters/kubernetes.py``).
+  ``network.cilium.io/encryption-key`` (decimal; read by ``converters/kubernetes.py``);
+- on both, while the node rotates its key, the annotation ``clustermesh.io/wg-next-pub-key`` with
+  the key it rotates to (this mesh's, not Cilium's; exported in the node record's
+  ``Annotations``, read by :func:`agent.records.node_next_pub_key`). Publishing without a next
+  key removes it (the merge patch's null).
 
 The agent does not know which source its API server uses, so both objects are written when they
 exist (a cluster without the CiliumNode CRD, or without this node's CiliumNode, gets the Node
@@ -13,10 +17,10 @@ everything is already published (idempotent). An encryption key of 0 (a node tha
 node encryption) is Cilium's absent annotation: the Node's ``encryption-key`` is removed.
 
 Withdrawal (:func:`withdraw_node_encryption`, a node whose encryption is switched off by the
-``clustermesh.io/encryption=disabled`` label): the ``wg-pub-key`` annotation is removed from both
-objects, the Node's ``encryption-key`` annotation too and the CiliumNode's ``spec.encryption.key``
-set to 0, so that every other node sees it without a key (a plaintext peer). Same idempotence and
-retries.
+``clustermesh.io/encryption=disabled`` label): the ``wg-pub-key`` and ``wg-next-pub-key``
+annotations are removed from both objects, the Node's ``encryption-key`` annotation too and the
+CiliumNode's ``spec.encryption.key`` set to 0, so that every other node sees it without a key (a
+plaintext peer). Same idempotence and retries.
 
 Transient failures (API unreachable, HTTP 409/429/5xx, the object not there yet) are retried with
 a bounded backoff; a permanent one raises :class:`~meshcore.errors.NodePublishError` naming the
@@ -33,7 +37,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
-from clustermesh_apiserver.converters.annotations import WIREGUARD_PUB_KEY
+from clustermesh_apiserver.converters.annotations import WIREGUARD_NEXT_PUB_KEY, WIREGUARD_PUB_KEY
 from meshcore.backoff import Backoff
 from meshcore.errors import K8sError, NodePublishError
 from meshcore.k8s.client import K8sApi
@@ -42,6 +46,7 @@ from meshcore.log import get_logger
 __all__ = [
     "ENCRYPTION_KEY_ANNOTATION",
     "WIREGUARD_PUB_KEY",
+    "WIREGUARD_NEXT_PUB_KEY",
     "PublishTarget",
     "NODE",
     "CILIUM_NODE",
@@ -87,33 +92,54 @@ def _annotations(obj: Obj) -> dict[str, Any]:
     return dict((obj.get("metadata") or {}).get("annotations") or {})
 
 
-def _check(public_key: str, encryption_key: int) -> None:
+def _check_public_key(what: str, key: str) -> None:
     try:
-        raw = base64.b64decode(public_key, validate=True)
+        raw = base64.b64decode(key, validate=True)
     except (binascii.Error, ValueError):
         raw = b""
     if len(raw) != 32:
-        raise ValueError(f"public key {public_key!r} is not the base64 of 32 bytes (a WireGuard public key)")
+        raise ValueError(f"{what} {key!r} is not the base64 of 32 bytes (a WireGuard public key)")
+
+
+def _check(public_key: str, encryption_key: int, next_public_key: str | None = None) -> None:
+    _check_public_key("public key", public_key)
+    if next_public_key is not None:
+        _check_public_key("next public key", next_public_key)
     if isinstance(encryption_key, bool) or not 0 <= encryption_key <= 0xFF:
         raise ValueError(f"encryption key {encryption_key!r} must be 0..255 (WireGuard: 255; opted out: 0)")
 
 
-def node_patch(node: Obj, *, public_key: str, encryption_key: int) -> Obj | None:
-    """The merge patch that publishes the keys on a core Node, or None when it already carries them."""
-    current = _annotations(node)
-    wanted: dict[str, str | None] = {
-        WIREGUARD_PUB_KEY: public_key,
-        ENCRYPTION_KEY_ANNOTATION: str(encryption_key) if encryption_key else None,
-    }
-    changes = {k: v for k, v in wanted.items() if current.get(k) != v}
+def _key_annotation_changes(obj: Obj, public_key: str, next_public_key: str | None) -> dict[str, str | None]:
+    """The key annotations of ``obj`` that differ from the wanted ones (None: to remove)."""
+    current = _annotations(obj)
+    changes: dict[str, str | None] = {}
+    if current.get(WIREGUARD_PUB_KEY) != public_key:
+        changes[WIREGUARD_PUB_KEY] = public_key
+    if current.get(WIREGUARD_NEXT_PUB_KEY) != next_public_key:
+        changes[WIREGUARD_NEXT_PUB_KEY] = next_public_key
+    return changes
+
+
+def node_patch(node: Obj, *, public_key: str, encryption_key: int, next_public_key: str | None = None) -> Obj | None:
+    """The merge patch that publishes the keys on a core Node, or None when it already carries them.
+    ``next_public_key`` None removes the next-key annotation."""
+    changes = _key_annotation_changes(node, public_key, next_public_key)
+    wanted_key = str(encryption_key) if encryption_key else None
+    current_key = _annotations(node).get(ENCRYPTION_KEY_ANNOTATION)
+    if current_key != wanted_key:
+        changes[ENCRYPTION_KEY_ANNOTATION] = wanted_key
     return {"metadata": {"annotations": changes}} if changes else None
 
 
-def cilium_node_patch(cilium_node: Obj, *, public_key: str, encryption_key: int) -> Obj | None:
-    """The merge patch that publishes the keys on a CiliumNode, or None when it already carries them."""
+def cilium_node_patch(
+    cilium_node: Obj, *, public_key: str, encryption_key: int, next_public_key: str | None = None
+) -> Obj | None:
+    """The merge patch that publishes the keys on a CiliumNode, or None when it already carries them.
+    ``next_public_key`` None removes the next-key annotation."""
     patch: Obj = {}
-    if _annotations(cilium_node).get(WIREGUARD_PUB_KEY) != public_key:
-        patch["metadata"] = {"annotations": {WIREGUARD_PUB_KEY: public_key}}
+    changes = _key_annotation_changes(cilium_node, public_key, next_public_key)
+    if changes:
+        patch["metadata"] = {"annotations": changes}
     encryption = (cilium_node.get("spec") or {}).get("encryption") or {}
     if (encryption.get("key") or 0) != encryption_key:
         patch["spec"] = {"encryption": {"key": encryption_key}}
@@ -123,16 +149,19 @@ def cilium_node_patch(cilium_node: Obj, *, public_key: str, encryption_key: int)
 def node_withdraw_patch(node: Obj) -> Obj | None:
     """The merge patch that removes the keys from a core Node, or None when it carries none."""
     current = _annotations(node)
-    changes = {k: None for k in (WIREGUARD_PUB_KEY, ENCRYPTION_KEY_ANNOTATION) if k in current}
+    keys = (WIREGUARD_PUB_KEY, WIREGUARD_NEXT_PUB_KEY, ENCRYPTION_KEY_ANNOTATION)
+    changes = {k: None for k in keys if k in current}
     return {"metadata": {"annotations": changes}} if changes else None
 
 
 def cilium_node_withdraw_patch(cilium_node: Obj) -> Obj | None:
-    """The merge patch that removes the public key from a CiliumNode and sets its encryption key
-    to 0, or None when it already has neither."""
+    """The merge patch that removes the public keys (current and next) from a CiliumNode and sets
+    its encryption key to 0, or None when it already has none of them."""
     patch: Obj = {}
-    if WIREGUARD_PUB_KEY in _annotations(cilium_node):
-        patch["metadata"] = {"annotations": {WIREGUARD_PUB_KEY: None}}
+    current = _annotations(cilium_node)
+    changes = {k: None for k in (WIREGUARD_PUB_KEY, WIREGUARD_NEXT_PUB_KEY) if k in current}
+    if changes:
+        patch["metadata"] = {"annotations": changes}
     encryption = (cilium_node.get("spec") or {}).get("encryption") or {}
     if encryption.get("key"):
         patch["spec"] = {"encryption": {"key": 0}}
@@ -168,11 +197,15 @@ async def _get(api: K8sApi, target: PublishTarget, name: str) -> Obj | None:
 PatchMaker = Callable[[Obj], Obj | None]
 
 
-async def _publish_once(api: K8sApi, node_name: str, public_key: str, encryption_key: int) -> list[str]:
+async def _publish_once(
+    api: K8sApi, node_name: str, public_key: str, encryption_key: int, next_public_key: str | None
+) -> list[str]:
     """One pass of the publication over both targets (see :func:`_patch_once`)."""
     return await _patch_once(api, node_name, (
-        (NODE, partial(node_patch, public_key=public_key, encryption_key=encryption_key)),
-        (CILIUM_NODE, partial(cilium_node_patch, public_key=public_key, encryption_key=encryption_key)),
+        (NODE, partial(node_patch, public_key=public_key, encryption_key=encryption_key,
+                       next_public_key=next_public_key)),
+        (CILIUM_NODE, partial(cilium_node_patch, public_key=public_key, encryption_key=encryption_key,
+                              next_public_key=next_public_key)),
     ))  # fmt: skip
 
 
@@ -196,8 +229,7 @@ async def _patch_once(api: K8sApi, node_name: str, makers: Sequence[tuple[Publis
             raise _Failure(err, target, verb) from err
         patched.append(target.describe(node_name))
     if not found:
-        raise _Failure(K8sError(f"neither Node {node_name} nor CiliumNode {node_name} exists", status=404), NODE,
-                       "get")
+        raise _Failure(K8sError(f"neither Node {node_name} nor CiliumNode {node_name} exists", status=404), NODE, "get")
     return patched
 
 
@@ -215,22 +247,35 @@ async def publish_with(
     *,
     public_key: str,
     encryption_key: int,
+    next_public_key: str | None = None,
     attempts: int = DEFAULT_ATTEMPTS,
     backoff: Backoff | None = None,
 ) -> list[str]:
     """:func:`publish_node_encryption` over an open client; returns the objects it patched (empty
     when everything was published already). At most ``attempts`` passes, ``backoff`` between them."""
-    _check(public_key, encryption_key)
+    _check(public_key, encryption_key, next_public_key)
     log = _log.bind(node=node_name)
-    patched = await _retrying(lambda: _publish_once(api, node_name, public_key, encryption_key), node_name,
-                              attempts=attempts, backoff=backoff, what="publishing")
+    patched = await _retrying(
+        lambda: _publish_once(api, node_name, public_key, encryption_key, next_public_key),
+        node_name,
+        attempts=attempts,
+        backoff=backoff,
+        what="publishing",
+    )
     if patched:
-        log.info("WireGuard key published", objects=patched, public_key=public_key, encryption_key=encryption_key)
+        log.info(
+            "WireGuard key published",
+            objects=patched,
+            public_key=public_key,
+            encryption_key=encryption_key,
+            next_public_key=next_public_key,
+        )
     return patched
 
 
-async def _retrying(once: Callable[[], Awaitable[list[str]]], node_name: str, *, attempts: int,
-                    backoff: Backoff | None, what: str) -> list[str]:
+async def _retrying(
+    once: Callable[[], Awaitable[list[str]]], node_name: str, *, attempts: int, backoff: Backoff | None, what: str
+) -> list[str]:
     delays = backoff or Backoff(initial=0.5, maximum=5.0)
     log = _log.bind(node=node_name)
     for attempt in range(1, max(1, attempts) + 1):
@@ -244,14 +289,18 @@ async def _retrying(once: Callable[[], Awaitable[list[str]]], node_name: str, *,
     raise AssertionError("unreachable: the loop returns or raises")
 
 
-async def withdraw_with(api: K8sApi, node_name: str, *, attempts: int = DEFAULT_ATTEMPTS,
-                        backoff: Backoff | None = None) -> list[str]:
+async def withdraw_with(
+    api: K8sApi, node_name: str, *, attempts: int = DEFAULT_ATTEMPTS, backoff: Backoff | None = None
+) -> list[str]:
     """:func:`withdraw_node_encryption` over an open client; returns the objects it patched (empty
     when nothing was published)."""
     makers: tuple[tuple[PublishTarget, PatchMaker], ...] = (
-        (NODE, node_withdraw_patch), (CILIUM_NODE, cilium_node_withdraw_patch))
-    patched = await _retrying(lambda: _patch_once(api, node_name, makers), node_name, attempts=attempts,
-                              backoff=backoff, what="withdrawing")
+        (NODE, node_withdraw_patch),
+        (CILIUM_NODE, cilium_node_withdraw_patch),
+    )
+    patched = await _retrying(
+        lambda: _patch_once(api, node_name, makers), node_name, attempts=attempts, backoff=backoff, what="withdrawing"
+    )
     if patched:
         _log.info("WireGuard key withdrawn", node=node_name, objects=patched)
     return patched
@@ -264,13 +313,19 @@ async def withdraw_node_encryption(kubeconfig: Path, node_name: str) -> None:
         await withdraw_with(api, node_name)
 
 
-async def publish_node_encryption(kubeconfig: Path, node_name: str, *, public_key: str, encryption_key: int) -> None:
+async def publish_node_encryption(
+    kubeconfig: Path, node_name: str, *, public_key: str, encryption_key: int, next_public_key: str | None = None
+) -> None:
     """Publish ``public_key`` (base64 WireGuard public key) and ``encryption_key`` (Cilium's
     ``EncryptionKey``: 255 with WireGuard, 0 for a node opted out of node encryption) on the Node
-    and/or CiliumNode ``node_name`` of the cluster at ``kubeconfig`` (see the module docstring).
+    and/or CiliumNode ``node_name`` of the cluster at ``kubeconfig`` (see the module docstring);
+    with ``next_public_key`` (a rotation running), that key as ``clustermesh.io/wg-next-pub-key``,
+    without it (None) that annotation removed.
 
     Idempotent; retries transient errors a bounded number of times; raises
     :class:`~meshcore.errors.NodePublishError` on a permanent failure, ``ValueError`` on a
     malformed key, :class:`~meshcore.errors.ConfigError` on an unusable kubeconfig."""
     async with await K8sApi.from_kubeconfig(kubeconfig) as api:
-        await publish_with(api, node_name, public_key=public_key, encryption_key=encryption_key)
+        await publish_with(
+            api, node_name, public_key=public_key, encryption_key=encryption_key, next_public_key=next_public_key
+        )

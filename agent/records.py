@@ -31,6 +31,9 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from clustermesh_apiserver.converters.annotations import WIREGUARD_NEXT_PUB_KEY
+from encryption.wireguard.keys import validate_public_key
+from meshcore.errors import WireError
 from meshcore.wire import CIDR, IPIdentityPair, LabelSet, Node
 
 __all__ = [
@@ -49,6 +52,7 @@ __all__ = [
     "prefix_sort_key",
     "endpoint_claim",
     "node_record",
+    "node_next_pub_key",
     "identity_labels",
     "node_tunnel_ip",
     "node_pod_cidrs",
@@ -109,6 +113,8 @@ class NodeRecord(msgspec.Struct, frozen=True, gc=False):
     """Canonical ``ip/bits`` host prefixes of the node's IPs."""
     encryption_key: int
     wireguard_pub_key: str
+    wireguard_next_pub_key: str = ""
+    """The key a rotating node announces it rotates to (:func:`node_next_pub_key`); ``""``: none."""
 
 
 class Interner:
@@ -241,13 +247,29 @@ def node_pod_cidrs(node: Node) -> list[str]:
     return out
 
 
+def node_next_pub_key(node: Node) -> str:
+    """The next WireGuard public key a rotating node announces in its
+    ``clustermesh.io/wg-next-pub-key`` annotation (exported by the API server), or ``""`` when it
+    announces none, or one that is not a valid public key or is its current key (remote data: an
+    invalid announcement is ignored, never an error)."""
+    text = (node.annotations or {}).get(WIREGUARD_NEXT_PUB_KEY)
+    if not text or not isinstance(text, str):
+        return ""
+    try:
+        key = validate_public_key(text)
+    except WireError:
+        return ""
+    return "" if key == node.wireguard_pub_key.strip() else key
+
+
 def node_record(cluster: str, name: str, node: Node | NodeRecord, interner: Interner | None = None) -> NodeRecord:
     """What node ``name`` of ``cluster`` contributes (reference §3.3, ``NodeManager.NodeUpdated``):
 
     each node IP -> ``remote-node`` (a tunnel endpoint only for the ``CiliumInternalIP``); with a
     tunnel IP, health IPs -> ``health``, ingress IPs -> ``ingress``, pod CIDRs -> ``world``, all
     tunnelled to the node. Of several claims of this node on one prefix the best-ranked (then the
-    first) is kept; the others are counted in :attr:`NodeRecord.duplicates`."""
+    first) is kept; the others are counted in :attr:`NodeRecord.duplicates`. A valid announced next
+    WireGuard key goes to :attr:`NodeRecord.wireguard_next_pub_key` (:func:`node_next_pub_key`)."""
     if isinstance(node, NodeRecord):
         return node
     i = interner or _DEFAULT_INTERNER
@@ -293,6 +315,7 @@ def node_record(cluster: str, name: str, node: Node | NodeRecord, interner: Inte
         node_ips=tuple(node_ips),
         encryption_key=key,
         wireguard_pub_key=i.text(node.wireguard_pub_key),
+        wireguard_next_pub_key=i.text(node_next_pub_key(node)),
     )
 
 

@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice
+from types import MappingProxyType
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from meshcore.backoff import Backoff
@@ -88,6 +89,11 @@ class Reconciler(Generic[K, V]):
         self.failures = 0
         self.last_error = ""
         self._log = get_logger(__name__, reconciler=name)
+
+    @property
+    def desired(self) -> Mapping[K, V]:
+        """The desired state as last set (read only: change it with the methods below)."""
+        return MappingProxyType(self._desired)
 
     def set_desired(self, desired: Mapping[K, V]) -> None:
         """Replace the whole desired state; only the difference will be written."""

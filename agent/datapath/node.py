@@ -451,6 +451,7 @@ class NodeDatapath:
             if wg is not None:  # decided before the first programming: it shapes the steering
                 await wg.decide_opt_out(wg.labels_source(self._local_nodes, self._node_labels))
                 tasks.create_task(wg.publish(), name="wireguard key publication")
+                tasks.create_task(wg.rotate(), name="wireguard key rotation")
             elif self.encryption_disabled_by is not None and (kubeconfig := self.config.encryption.kubeconfig):
                 tasks.create_task(self._withdraw_key(kubeconfig), name="wireguard key withdrawal")
             if policies is not None:
@@ -481,6 +482,16 @@ class NodeDatapath:
                         retried = time.monotonic()
                         self._parts.update(("endpoints", "policy"))
                         self.touch()
+
+    def request_key_rotation(self) -> dict[str, Any]:
+        """Stage a rotation of this node's WireGuard key (``clustermesh encryption rotate``): the node,
+        its current and next public key and the rotation's phase. Raises :class:`MeshError` when
+        WireGuard does not run here."""
+        if self.wireguard is None:
+            why = f"disabled by {self.encryption_disabled_by}" if self.encryption_disabled_by else (
+                f"--encryption {self.config.encryption.mode}")
+            raise MeshError(f"node {self.local.node_name} runs without WireGuard ({why}): no key to rotate")
+        return self.wireguard.request_rotation()
 
     async def _withdraw_key(self, kubeconfig: Path) -> None:
         """Remove this node's published key (disabled by its label), retrying until done. Never raises."""

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -161,11 +161,13 @@ def steering_desired(
     oif: int,
     node_ip: str,
     node_encryption: bool = False,
+    oif_by_node: Mapping[str, int] | None = None,
 ) -> Steering:
     """The rules and routes for ``peers`` (see the module docstring). ``oif`` is the WireGuard
     device's ifindex, ``node_ip`` this node's IP (the routes' source; never a destination here).
-    ``node_encryption``: node encryption is on and this node did not opt out. A prefix claimed by
-    several peers goes to the first by node name."""
+    ``node_encryption``: node encryption is on and this node did not opt out. ``oif_by_node``: the
+    peer nodes steered through another device (a key rotation's transition device). A prefix
+    claimed by several peers goes to the first by node name."""
     if routing_mode not in ("tunnel", "native"):
         raise ValueError(f"routing_mode must be 'tunnel' or 'native', not {routing_mode!r}")
     by_mark = {"fwmark": WIREGUARD_FWMARK, "fwmask": MARK_MASK, "invert": True}
@@ -177,9 +179,12 @@ def steering_desired(
     if node_encryption:
         rules[Rule(NODE_PRIORITY, NODE_TABLE, **by_mark)] = True  # type: ignore[arg-type]
     own = _v4_host(node_ip)
-    value = RouteValue(oif, node_ip)
+    main = RouteValue(oif, node_ip)
+    overrides = oif_by_node or {}
     routes: dict[RouteKey, RouteValue] = {}
     for peer in sorted(peers, key=lambda p: p.node):
+        other = overrides.get(peer.node)
+        value = main if other is None else RouteValue(other, node_ip)
         hosts = [h for h in map(_v4_host, peer.node_ips) if h is not None and h != own]
         if routing_mode == "tunnel":
             wanted = hosts

@@ -45,7 +45,12 @@ pod traffic to it (counted ``unencrypted``). Unreadable labels never switch encr
 
 Metrics (:meth:`AgentMetrics.watch_encryption <agent.metrics.AgentMetrics.watch_encryption>`) are
 read from :meth:`WireGuardNode.status_json` at scrape time; :attr:`WireGuardNode.key_rotations`
-counts key rotations (none yet: the key is kept for the node's life).
+counts the key rotations this agent committed.
+
+Key rotation (``clustermesh encryption rotate``, ``--wireguard-key-rotation-interval``): make-before-
+break through a second, transition device (:func:`~encryption.wireguard.device.transition_device_name`,
+port 51872), driven by :mod:`agent.datapath.wgrotation`; the next key is published beside the
+current one (``clustermesh.io/wg-next-pub-key``) and the peers read it from the node records.
 """
 
 from __future__ import annotations
@@ -72,14 +77,23 @@ from agent.datapath.steering import (
     remove_steering,
     steering_desired,
 )
+from agent.datapath.wgrotation import RotationDriver, RotationState, announcements
 from agent.desired import LocalInfo, WireGuardPeer, node_peer
 from agent.incremental import DesiredIndex
 from agent.records import node_record
 from bpf.layouts import STATIC_ENCRYPT_KEY
-from encryption.wireguard.device import DEVICE_NAME, FWMARK, LISTEN_PORT, WireGuardDevice, device_mtu
+from encryption.wireguard.device import (
+    DEVICE_NAME,
+    FWMARK,
+    LISTEN_PORT,
+    WireGuardDevice,
+    device_mtu,
+    transition_device_name,
+)
 from encryption.wireguard.dump import DeviceDump
 from encryption.wireguard.keys import KEY_FILENAME, WireGuardKey, load_or_generate
 from encryption.wireguard.peers import PeerConfig, PeerSource, PeersTarget, desired_peers
+from encryption.wireguard.rotation import Announcement, RotationConfig
 from meshcore.backoff import Backoff
 from meshcore.errors import MeshError
 from meshcore.log import get_logger
@@ -145,7 +159,13 @@ class Publisher(Protocol):
     """:func:`agent.nodepublish.publish_node_encryption`'s signature."""
 
     def __call__(
-        self, kubeconfig: Path, node_name: str, *, public_key: str, encryption_key: int
+        self,
+        kubeconfig: Path,
+        node_name: str,
+        *,
+        public_key: str,
+        encryption_key: int,
+        next_public_key: str | None = None,
     ) -> Awaitable[None]: ...
 
 
@@ -163,6 +183,8 @@ class EncryptionConfig:
     opt_out_labels: str = DEFAULT_OPT_OUT_LABELS
     strict_cidr: str | None = None
     strict_allow_remote_node: bool = False
+    rotation_interval: float = 0.0
+    """Rotate the key when it is this many seconds old (0: only when asked)."""
     state_dir: Path = Path("/var/run/clustermesh-agent")
     kubeconfig: Path | None = None
 
@@ -181,6 +203,8 @@ class PeerCandidate:
 
     source: PeerSource
     encryption_key: int = STATIC_ENCRYPT_KEY
+    next_public_key: str = ""
+    """The key it announces to rotate to (``""``: none)."""
 
 
 def _is_host(prefix: str) -> bool:
@@ -208,7 +232,7 @@ def local_peer_candidates(nodes: Iterable[WireNode], local: LocalInfo) -> list[P
             continue
         peer = node_peer(node_record(local.cluster_name, node.name, node))
         if peer is not None:
-            out.append(PeerCandidate(peer_source(peer), node.encryption_key))
+            out.append(PeerCandidate(peer_source(peer), node.encryption_key, peer.next_public_key))
     return out
 
 
@@ -219,7 +243,7 @@ def index_wireguard_peers(index: DesiredIndex) -> list[WireGuardPeer]:
 
 def index_peer_candidates(peers: Iterable[WireGuardPeer]) -> list[PeerCandidate]:
     """The remote clusters' peers as candidates, each with its node's encryption key."""
-    return [PeerCandidate(peer_source(p), p.encryption_key) for p in peers]
+    return [PeerCandidate(peer_source(p), p.encryption_key, p.next_public_key) for p in peers]
 
 
 def index_plaintext_nodes(index: DesiredIndex) -> list[str]:
@@ -239,6 +263,8 @@ class PeerPlan:
     """The node IPs of the configured peers: ipcache entries with such a tunnel endpoint (HostIP)
     get ``encrypt_key`` 0xFF."""
     problems: tuple[str, ...] = ()
+    next_keys: dict[str, str] = field(default_factory=dict)
+    """node -> the next key it announces (key rotation), for the peers' nodes that announce one"""
 
 
 def plan_peers(
@@ -270,7 +296,8 @@ def plan_peers(
         cidrs = tuple(c for c in cand.source.pod_cidrs if _net(c) in cfg.allowed_ips)
         steering.append(SteeringPeer(node, node_ips, cidrs, node_encryption=cand.encryption_key != 0))
         hosts.update(str(ipaddress.ip_address(ip)) for ip in node_ips)
-    return PeerPlan(peers, nodes, tuple(steering), frozenset(hosts), tuple(problems))
+    next_keys = {n: c.next_public_key for n in nodes.values() if (c := by_node[n]).next_public_key}
+    return PeerPlan(peers, nodes, tuple(steering), frozenset(hosts), tuple(problems), next_keys)
 
 
 def _host_prefix(ip: str) -> str:
@@ -299,10 +326,14 @@ def steering_cleanup(log: Any = None) -> None:
 # ---- I/O: one node's WireGuard ----
 
 
-async def _default_publisher(kubeconfig: Path, node_name: str, *, public_key: str, encryption_key: int) -> None:
+async def _default_publisher(
+    kubeconfig: Path, node_name: str, *, public_key: str, encryption_key: int, next_public_key: str | None = None
+) -> None:
     from agent.nodepublish import publish_node_encryption
 
-    await publish_node_encryption(kubeconfig, node_name, public_key=public_key, encryption_key=encryption_key)
+    await publish_node_encryption(
+        kubeconfig, node_name, public_key=public_key, encryption_key=encryption_key, next_public_key=next_public_key
+    )
 
 
 async def _k8s_node_labels(kubeconfig: Path, node_name: str) -> dict[str, str]:
@@ -347,8 +378,13 @@ class WireGuardNode:
         self.published: bool | None = None
         self.publish_error = ""
         self.last_error = ""
-        self.key_rotations = 0  # no rotation yet: the key lives as long as its file
+        self.transition = WireGuardDevice(transition_device_name(config.device))
+        self.rotation_state = RotationState()
+        self.rotation: RotationDriver | None = None  # made by start()
         self.reconcilers: dict[str, Reconciler[Any, Any]] = {}
+        self._next_announced: str | None = None
+        self._publish_wanted = asyncio.Event()
+        self._programmed = asyncio.Event()
         self._publisher = publisher or _default_publisher
         self._retry = publish_retry
         self._ipr_factory = ipr_factory
@@ -383,6 +419,24 @@ class WireGuardNode:
             "steering-rules": Reconciler("steering-rules", RulesTarget(ipr_factory=self._ipr_factory)),
             "steering-routes": Reconciler("steering-routes", self._routes_target, batch_size=1024),
         }
+        self.rotation = RotationDriver(
+            self.local.node_name,
+            key,
+            main=self.device,
+            transition=self.transition,
+            peers_reconciler=self.reconcilers["wireguard-peers"],
+            state=self.rotation_state,
+            peers=lambda: announcements(self.plan.peers, self.plan.nodes, self.plan.next_keys),
+            resteer=self._resteer,
+            reprogram=lambda: self.program(self.plan),
+            announce=self._announced,
+            key_age=self.key_age,
+            node_ip=node_ip,
+            config=RotationConfig(keepalive=self.config.keepalive),
+            mtu=self.mtu,
+            key_path=self.key_file,
+            interval=self.config.rotation_interval,
+        )
 
     def _ifindex(self) -> int:
         from pyroute2 import IPRoute
@@ -426,24 +480,70 @@ class WireGuardNode:
         return self.config.node_encryption and not self.opted_out
 
     def steering(self, plan: PeerPlan) -> tuple[dict[Rule, bool], dict[RouteKey, RouteValue]]:
+        """The steering rules and routes for ``plan`` (peer nodes a key rotation moved to its
+        transition device are routed there)."""
         s = steering_desired(plan.steering, routing_mode=self.routing_mode, oif=self.ifindex,
-                             node_ip=self.node_ip, node_encryption=self.node_encryption_on())  # fmt: skip
+                             node_ip=self.node_ip, node_encryption=self.node_encryption_on(),
+                             oif_by_node=self.rotation_state.transition_oif)  # fmt: skip
         return s.rules, s.routes
 
     async def program(self, plan: PeerPlan) -> None:
-        """Peers, then steering (each waited for, bounded); logs what the plan found wrong."""
+        """Peers, then steering (each waited for, bounded); logs what the plan found wrong. While
+        a key rotation is engaged the rotation writes the peers (:mod:`agent.datapath.wgrotation`):
+        the plan then only reaches the steering, and the rotation looks at it at once."""
         for problem in set(plan.problems) - set(self.plan.problems):
             self._log.warning("WireGuard peer problem", problem=problem)
         self.plan = plan
-        peers = self.reconcilers["wireguard-peers"]
-        peers.set_desired(plan.peers)
-        with suppress(TimeoutError):
-            await asyncio.wait_for(peers.wait_synced(), SYNC_TIMEOUT)
-        rules, routes = self.steering(plan)
+        if not self.rotation_state.engaged:
+            peers = self.reconcilers["wireguard-peers"]
+            peers.set_desired(plan.peers)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(peers.wait_synced(), SYNC_TIMEOUT)
+        await self._resteer()
+        self._programmed.set()
+        if self.rotation is not None:
+            self.rotation.wake()
+
+    async def _resteer(self) -> None:
+        """Write the steering of the current plan (waited for, bounded)."""
+        rules, routes = self.steering(self.plan)
         self.reconcilers["steering-rules"].set_desired(rules)
         self.reconcilers["steering-routes"].set_desired(routes)
         with suppress(TimeoutError):
             await asyncio.wait_for(self.reconcilers["steering-routes"].wait_synced(), SYNC_TIMEOUT)
+
+    # ---- key rotation ----
+
+    async def rotate(self) -> None:
+        """Key rotation (forever), from the first programming on (see :mod:`agent.datapath.wgrotation`)."""
+        assert self.rotation is not None  # started
+        await self._programmed.wait()
+        await self.rotation.run()
+
+    def request_rotation(self) -> dict[str, Any]:
+        """Stage a rotation of this node's key; raises :class:`MeshError` when it cannot be now."""
+        if self.rotation is None:
+            raise MeshError(f"node {self.local.node_name}: WireGuard is not started")
+        return self.rotation.request()
+
+    @property
+    def key_rotations(self) -> int:
+        """Key rotations committed by this agent."""
+        return self.rotation.rotations if self.rotation is not None else 0
+
+    def key_age(self) -> float | None:
+        """Seconds since the key file was written (None when it cannot be read)."""
+        try:
+            return time.time() - os.stat(self.key_file).st_mtime
+        except OSError:
+            return None
+
+    def _announced(self, announcement: Announcement) -> None:
+        """This node's announcement changed (a rotation began or committed): publish it."""
+        assert self.rotation is not None
+        self.key = self.rotation.key
+        self._next_announced = announcement.next
+        self._publish_wanted.set()
 
     # ---- background work ----
 
@@ -474,8 +574,9 @@ class WireGuardNode:
             self._log.info("opting out of node encryption", selector=str(selector))
 
     async def publish(self) -> None:
-        """Publish the public key and :attr:`encryption_key` (decided first) on this node's
-        Node/CiliumNode with a kubeconfig, retrying until it worked. Never raises."""
+        """Publish the public key, :attr:`encryption_key` (decided first) and, during a rotation,
+        the next key on this node's Node/CiliumNode with a kubeconfig: at start, then whenever a
+        rotation changes them, each retried until it worked (forever; never raises)."""
         assert self.key is not None and self.encryption_key is not None
         kubeconfig = self.config.kubeconfig
         if kubeconfig is None:
@@ -483,20 +584,27 @@ class WireGuardNode:
                            public_key=self.key.public_key)  # fmt: skip
             return
         backoff = Backoff(initial=self._retry, maximum=30.0)
+        done: tuple[str, int, str | None] | None = None
         while True:
+            wanted = (self.key.public_key, self.encryption_key, self._next_announced)
+            if wanted == done:
+                self._publish_wanted.clear()
+                await self._publish_wanted.wait()
+                continue
             try:
-                await self._publisher(kubeconfig, self.local.node_name, public_key=self.key.public_key,
-                                      encryption_key=self.encryption_key)  # fmt: skip
+                await self._publisher(kubeconfig, self.local.node_name, public_key=wanted[0],
+                                      encryption_key=wanted[1], next_public_key=wanted[2])  # fmt: skip
             except Exception as err:  # MeshError subclasses, or anything a broken API does
                 self.published = False
                 self.publish_error = f"{type(err).__name__}: {err}"
                 self._log.warning("publishing the WireGuard key failed, retrying", error=self.publish_error)
                 await backoff.wait()
                 continue
+            backoff.reset()
+            done = wanted
             self.published, self.publish_error = True, ""
-            self._log.info("WireGuard key published", public_key=self.key.public_key,
-                           encryption_key=self.encryption_key)  # fmt: skip
-            return
+            self._log.info("WireGuard key published", public_key=wanted[0], encryption_key=wanted[1],
+                           next_public_key=wanted[2])  # fmt: skip
 
     def labels_source(
         self, local_nodes: Callable[[], Iterable[WireNode]], known: Mapping[str, str] | None = None
@@ -537,10 +645,8 @@ class WireGuardNode:
     def status_json(self, plaintext: Iterable[str] = ()) -> dict[str, Any]:
         """The ``encryption`` section of the node datapath's status."""
         now = time.time()
-        try:
-            key_age: float | None = round(now - os.stat(self.key_file).st_mtime, 1)
-        except OSError:
-            key_age = None
+        age = self.key_age()
+        key_age = round(age, 1) if age is not None else None
         dump = self.dump
         peers = []
         for key, cfg in sorted(self.plan.peers.items(), key=lambda kv: self.plan.nodes.get(kv[0], kv[0])):
@@ -579,6 +685,7 @@ class WireGuardNode:
             "key-generated": self.key_generated,
             "key-file-age-seconds": key_age,
             "key-rotations": self.key_rotations,
+            "rotation": self.rotation.status_json() if self.rotation is not None else None,
             "userspace-pid": self.device.userspace_pid() if self.implementation == "userspace" else None,
             "scope": self.config.scope,
             "routing-mode": self.routing_mode,

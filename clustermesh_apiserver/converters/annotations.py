@@ -1,5 +1,6 @@
-"""ClusterMesh annotations on Services and Namespaces (reference §5.1; Cilium's
-``pkg/annotation/k8s.go`` and ``pkg/annotation/clustermesh.go``).
+"""ClusterMesh annotations on Services, Namespaces and Nodes (reference §5.1; Cilium's
+``pkg/annotation/k8s.go`` and ``pkg/annotation/clustermesh.go``), plus this mesh's own
+:data:`WIREGUARD_NEXT_PUB_KEY`.
 
 Deliberately free of apiserver-specific imports so the agent can reuse it: every function takes
 the object's annotations as a plain mapping (``metadata.annotations``; ``None`` when absent).
@@ -22,6 +23,7 @@ __all__ = [
     "GLOBAL_NAMESPACE",
     "WIREGUARD_PUB_KEY",
     "WIREGUARD_PUB_KEY_ALIAS",
+    "WIREGUARD_NEXT_PUB_KEY",
     "ServiceAffinity",
     "get_annotation",
     "is_true",
@@ -41,6 +43,9 @@ GLOBAL_NAMESPACE: Final = "clustermesh.cilium.io/global"
 """On a Namespace: ``"true"`` makes it global, any other value local (overrides the default)."""
 WIREGUARD_PUB_KEY: Final = "network.cilium.io/wg-pub-key"
 WIREGUARD_PUB_KEY_ALIAS: Final = "io.cilium.network.wg-pub-key"
+WIREGUARD_NEXT_PUB_KEY: Final = "clustermesh.io/wg-next-pub-key"
+"""Not Cilium's: on a Node/CiliumNode, the WireGuard public key the node rotates to, while it does
+(the current one stays in :data:`WIREGUARD_PUB_KEY`). Exported in the node record's ``Annotations``."""
 
 ServiceAffinity = Literal["", "local", "remote"]
 """``""`` is Cilium's ``ServiceAffinityNone``."""

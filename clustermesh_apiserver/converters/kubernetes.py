@@ -21,6 +21,7 @@ from clustermesh_apiserver.converters._k8s import (
     parse_v6,
 )
 from clustermesh_apiserver.converters.annotations import (
+    WIREGUARD_NEXT_PUB_KEY,
     WIREGUARD_PUB_KEY,
     WIREGUARD_PUB_KEY_ALIAS,
     get_annotation,
@@ -45,7 +46,7 @@ SOURCE_KUBERNETES = "k8s"
 
 CILIUM_ANNOTATION_PREFIX = "cilium.io/"
 """Only annotations whose key contains a ``cilium.io/`` domain are propagated (Cilium's
-``CiliumPrefixRegex``)."""
+``CiliumPrefixRegex``), and :data:`~.annotations.WIREGUARD_NEXT_PUB_KEY`."""
 
 LABEL_SOURCE_K8S = "k8s"
 POD_NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
@@ -65,7 +66,9 @@ _ANN_V6_HOST = "network.cilium.io/ipv6-cilium-host"
 _ANN_ENCRYPTION_KEY = "network.cilium.io/encryption-key"
 
 
-def _is_cilium_annotation(key: str) -> bool:
+def _is_exported_annotation(key: str) -> bool:
+    if key == WIREGUARD_NEXT_PUB_KEY:  # this mesh's own, not Cilium's (only it of clustermesh.io)
+        return True
     domain, sep, _ = key.partition("/")
     return bool(sep) and (domain == "cilium.io" or domain.endswith(".cilium.io"))
 
@@ -80,7 +83,8 @@ def node_to_node(node: KubeObject, *, cluster: str, cluster_id: int) -> Node:
     * Alloc CIDRs: ``spec.podCIDRs`` (at most 2; else ``spec.podCIDR``), falling back to the
       ``network.cilium.io/ipv{4,6}-pod-cidr`` annotations.
     * Health/ingress IPs and the encryption key from their ``network.cilium.io/`` annotations.
-    * ``Labels``: all node labels (``{}`` when none); ``Annotations``: only ``*cilium.io/`` ones.
+    * ``Labels``: all node labels (``{}`` when none); ``Annotations``: only ``*cilium.io/`` ones
+      and ``clustermesh.io/wg-next-pub-key`` (a rotating node's next WireGuard key).
     * ``WireguardPubKey``: ``network.cilium.io/wg-pub-key``; ``BootID``:
       ``status.nodeInfo.bootID``; ``Source``: ``k8s``.
     """
@@ -136,7 +140,7 @@ def node_to_node(node: KubeObject, *, cluster: str, cluster_id: int) -> Node:
         source=SOURCE_KUBERNETES,
         encryption_key=encryption_key,
         labels=labels_of(node) or {},
-        annotations={k: v for k, v in raw_annotations.items() if _is_cilium_annotation(k)},
+        annotations={k: v for k, v in raw_annotations.items() if _is_exported_annotation(k)},
         wireguard_pub_key=get_annotation(raw_annotations, WIREGUARD_PUB_KEY, WIREGUARD_PUB_KEY_ALIAS) or "",
         boot_id=as_str(as_map(status.get("nodeInfo")).get("bootID")),
     )

@@ -15,7 +15,8 @@ Classes, checked in this order:
   node encryption, so it is reported, not failed);
 - between two node IPs:
 
-  - ``wireguard``: UDP from or to a WireGuard port (Cilium's 51871, or the plan's) whose payload
+  - ``wireguard``: UDP from or to a WireGuard port (Cilium's 51871, our key rotation's transition
+    device's 51872, or the plan's) whose payload
     starts like a WireGuard message (type 1-4, three reserved zero bytes, the type's length);
   - VXLAN (UDP 8472, Cilium's, or 4789) or Geneve (UDP 6081): the inner packet decides:
     ``plaintext-pod`` when its source and destination are in pod CIDRs, ``plaintext-host`` when one
@@ -68,6 +69,8 @@ MALFORMED: Final = "malformed"
 CLASSES: Final = (WIREGUARD, IPSEC, PLAINTEXT_POD, PLAINTEXT_HOST, PLAINTEXT_NODE, VXLAN_OTHER, MALFORMED)
 
 CILIUM_WIREGUARD_PORT: Final = 51871
+#: The transition device's port while a key rotates (:data:`encryption.wireguard.rotation.TRANSITION_PORT`).
+ROTATION_WIREGUARD_PORT: Final = 51872
 NAT_T_PORT: Final = 4500
 VXLAN_PORTS: Final = frozenset({8472, 4789})
 GENEVE_PORT: Final = 6081
@@ -128,7 +131,7 @@ class AuditPlan:
 
     nodes: Mapping[str, str]
     pod_cidrs: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str | None], ...] = ()
-    wireguard_ports: frozenset[int] = frozenset({CILIUM_WIREGUARD_PORT})
+    wireguard_ports: frozenset[int] = frozenset({CILIUM_WIREGUARD_PORT, ROTATION_WIREGUARD_PORT})
     _node_keys: dict[bytes, str] = field(init=False, repr=False, compare=False)
     _cidrs: tuple[tuple[int, int, int, str], ...] = field(init=False, repr=False, compare=False)
 
@@ -138,7 +141,7 @@ class AuditPlan:
                       for net, owner in self.pod_cidrs)
         object.__setattr__(self, "_node_keys", keys)
         object.__setattr__(self, "_cidrs", cidrs)
-        object.__setattr__(self, "wireguard_ports", frozenset(self.wireguard_ports) | {CILIUM_WIREGUARD_PORT})
+        object.__setattr__(self, "wireguard_ports", frozenset(self.wireguard_ports) | {CILIUM_WIREGUARD_PORT, ROTATION_WIREGUARD_PORT})
 
     @classmethod
     def build(cls, nodes: Mapping[str, str], pod_cidrs: Iterable[tuple[str, str | None]] = (),

@@ -49,6 +49,21 @@ _MAX_ARG = 128 * 1024 - 1
 Mode = Literal["kernel", "userspace"]
 
 
+_IFNAMSIZ = 15  # the kernel's interface name limit, without the NUL
+
+
+def transition_device_name(main: str) -> str:
+    """The name of a key rotation's transition device beside ``main`` (see
+    :mod:`encryption.wireguard.rotation`): ``main`` plus ``t``, or with its last character made
+    ``t`` (``u`` when it already is) when ``main`` is as long as names go. It keeps ``main``'s
+    prefix, so what finds a lab's devices by prefix finds this one too."""
+    if not main:
+        raise ValueError("the main device needs a name")
+    if len(main) < _IFNAMSIZ:
+        return main + "t"
+    return main[: _IFNAMSIZ - 1] + ("u" if main[_IFNAMSIZ - 1] == "t" else "t")
+
+
 def device_mtu(underlay_mtu: int) -> int:
     """The WireGuard device MTU for an underlay device of ``underlay_mtu`` (Cilium: minus 80)."""
     return underlay_mtu - MTU_OVERHEAD
@@ -95,6 +110,7 @@ class _Link:
     kind: str  # "wireguard", "tun", ...
     mtu: int
     up: bool
+    ifindex: int = 0
 
 
 class WireGuardDevice:
@@ -132,6 +148,11 @@ class WireGuardDevice:
         """``"kernel"`` or ``"userspace"`` for an existing device, ``None`` if there is none."""
         link = self._link()
         return None if link is None else _mode_of(link, self.name)
+
+    def ifindex(self) -> int:
+        """The device's interface index (0 when there is no such device)."""
+        link = self._link()
+        return 0 if link is None else link.ifindex
 
     def dump(self) -> DeviceDump:
         """The device's public configuration and peers (``wg show NAME dump``)."""
@@ -298,6 +319,7 @@ class WireGuardDevice:
                 kind=str(info.get("linkinfo", {}).get("info_kind", "")),
                 mtu=int(info["mtu"]),
                 up="UP" in info.get("flags", []),
+                ifindex=int(info.get("ifindex", 0)),
             )
         except (ValueError, LookupError, TypeError) as exc:
             raise DeviceError(f"cannot parse 'ip -j link show' output for {self.name}: {exc}", argv=argv) from exc

@@ -48,8 +48,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
+from clustermesh_apiserver.converters.annotations import WIREGUARD_NEXT_PUB_KEY
 from encryption.wireguard.device import LISTEN_PORT
 from encryption.wireguard.dump import DeviceDump, PeerDump
 from encryption.wireguard.keys import validate_public_key
@@ -63,7 +64,7 @@ Phase = Literal["idle", "preparing", "transition", "committing", "converging", "
 TRANSITION_PORT = 51872
 #: Node annotation carrying the next public key while a rotation runs (the current key stays in
 #: Cilium's ``network.cilium.io/wg-pub-key``).
-NEXT_KEY_ANNOTATION = "clustermesh.io/wg-next-pub-key"
+NEXT_KEY_ANNOTATION: Final = WIREGUARD_NEXT_PUB_KEY
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,6 +151,17 @@ class RotationNode:
         )
 
     @property
+    def key(self) -> WireGuardKey:
+        """The current (main device's) key."""
+        return self._key
+
+    @property
+    def next_public_key(self) -> str | None:
+        """The key being rotated to (announced), else the staged one, else None."""
+        pending = self._next or self._staged
+        return pending.public_key if pending is not None else None
+
+    @property
     def public_key(self) -> str:
         """The current (main device's) public key."""
         return self._key.public_key

@@ -5,8 +5,10 @@ hold the same content."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +17,7 @@ from agent.desired import DesiredState, LocalInfo, build_desired
 from agent.incremental import DesiredDelta, DesiredIndex
 from agent.records import Claim, node_record
 from agent.validate import RemoteIdentity, RemoteInfo, validate_node
+from clustermesh_apiserver.converters.annotations import WIREGUARD_NEXT_PUB_KEY
 from lab.samples import sample_node
 from meshcore.wire import CIDR, ClusterService, IPIdentityPair, L4Addr, LabelSet, Node, NodeAddress
 
@@ -26,6 +29,8 @@ HOST_IPS = ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.1.7", "fd00::1", "fd00::2"
 CIDRS = ("10.0.0.0/24", "10.0.1.0/24", "fd00::/64")
 MASKS = {24: bytes([255] * 3 + [0]), 64: bytes([255] * 8 + [0] * 8)}
 ADDRESS_TYPES = ("InternalIP", "ExternalIP", "CiliumInternalIP", "Hostname")
+# Announced next WireGuard keys: two valid ones and an invalid one (ignored).
+NEXT_KEYS = (base64.b64encode(b"A" * 32).decode(), base64.b64encode(b"B" * 32).decode(), "bogus")
 
 
 def _cidr(text: str) -> CIDR:
@@ -48,6 +53,7 @@ def nodes(draw: Any, cluster: str, cluster_id: int, name: str) -> Node:
         ipv4_ingress_ip=draw(ip) or "",
         encryption_key=draw(st.integers(0, 2)),
         wireguard_pub_key=draw(st.sampled_from(["", "KEY-A=", "KEY-B="])),
+        annotations=draw(st.none() | st.sampled_from(NEXT_KEYS).map(lambda k: {WIREGUARD_NEXT_PUB_KEY: k})),
     )
 
 
@@ -69,21 +75,28 @@ def operations(draw: Any) -> tuple[Any, ...]:
         name = draw(st.sampled_from(HOST_IPS + CIDRS))
         if not delete:
             value = IPIdentityPair(
-                ip=str(name).split("/")[0], host_ip=draw(st.sampled_from(["", *HOST_IPS[:2]])),
-                id=draw(st.sampled_from([6, 4, (cluster_id << 16) + 1])), key=draw(st.integers(0, 1)),
+                ip=str(name).split("/")[0],
+                host_ip=draw(st.sampled_from(["", *HOST_IPS[:2]])),
+                id=draw(st.sampled_from([6, 4, (cluster_id << 16) + 1])),
+                key=draw(st.integers(0, 1)),
             )
     elif kind == "identities":
         name = draw(st.sampled_from([100, 101, 102]))
         if not delete:
-            labels = LabelSet.from_strings([f"k8s:app={draw(st.sampled_from('xy'))}",
-                                            f"k8s:io.cilium.k8s.policy.cluster={cluster}"])
+            labels = LabelSet.from_strings(
+                [f"k8s:app={draw(st.sampled_from('xy'))}", f"k8s:io.cilium.k8s.policy.cluster={cluster}"]
+            )
             value = RemoteIdentity(int(str(name)), labels)
     else:
         name = draw(st.sampled_from(["ns/a", "ns/b"]))
         if not delete:
             port = draw(st.sampled_from([80, 8080]))
             value = ClusterService(
-                cluster=cluster, namespace="ns", name=str(name)[3:], shared=draw(st.booleans()), cluster_id=cluster_id,
+                cluster=cluster,
+                namespace="ns",
+                name=str(name)[3:],
+                shared=draw(st.booleans()),
+                cluster_id=cluster_id,
                 backends={
                     draw(st.sampled_from(HOST_IPS[:3])): {"http": L4Addr("TCP", port), "alt": L4Addr("TCP", port)}
                 },
@@ -215,13 +228,43 @@ def test_one_change_touches_only_its_prefix() -> None:
     assert entry is not None and (entry.identity, entry.tunnel_endpoint) == ((2 << 16) + 2, "172.16.0.2")
 
 
+def test_a_change_of_only_the_next_key_is_a_changed_peer() -> None:
+    """A node announcing (then withdrawing) the key it rotates to: its record and peer change and
+    the delta carries the peer under its (unchanged) current key."""
+    mesh = Mesh()
+    node = Node(
+        name="n0",
+        cluster="c2",
+        cluster_id=2,
+        wireguard_pub_key="KEY-A=",
+        ip_addresses=[NodeAddress("InternalIP", "10.0.0.1")],
+        ipv4_alloc_cidr=_cidr("10.0.1.0/24"),
+    )
+    mesh.do(("upsert", "c2", "nodes", "n0", node))
+    index = DesiredIndex(LOCAL)
+    mesh.caches.track()
+    index.load(mesh.caches.snapshot(copy=False))
+    index.take_delta()
+    held = held_from(index.state())
+    for announced, expected in (({WIREGUARD_NEXT_PUB_KEY: NEXT_KEYS[0]}, NEXT_KEYS[0]), (None, "")):
+        mesh.do(("upsert", "c2", "nodes", "n0", msgspec.structs.replace(node, annotations=announced)))
+        delta = apply_changes(index, mesh.caches, mesh.caches.take_changes())
+        assert list(delta.wireguard_peers) == ["KEY-A="]
+        peer = delta.wireguard_peers["KEY-A="]
+        assert peer is not None and peer.next_public_key == expected
+        assert index.nodes()[("c2", "n0")].wireguard_next_pub_key == expected
+        follow(held, delta)
+        assert held == held_from(build_desired(LOCAL, mesh.caches.snapshot()))
+
+
 def test_compact_records_share_strings_and_the_validated_node_is_from_clustermesh() -> None:
     caches = MeshCaches()
     caches.set_cluster_id("c2", 2)
     observer = caches.observer("c2", "ipcache")
     for n in range(3):
-        observer.on_upsert(f"10.2.0.{n}", IPIdentityPair(ip=f"10.2.0.{n}", host_ip="".join(["172.", "16.0.1"]),
-                                                         id=(2 << 16) + 1))
+        observer.on_upsert(
+            f"10.2.0.{n}", IPIdentityPair(ip=f"10.2.0.{n}", host_ip="".join(["172.", "16.0.1"]), id=(2 << 16) + 1)
+        )
     cache = caches.get("c2")
     assert cache is not None
     claims = list(cache.ipcache.values())

@@ -260,7 +260,8 @@ def test_opt_out_and_publication(tmp_path: Path, labels: dict[str, str], node_en
                                  state: str) -> None:  # fmt: skip
     calls: list[tuple[Path, str, str, int]] = []
 
-    async def publisher(kubeconfig: Path, node_name: str, *, public_key: str, encryption_key: int) -> None:
+    async def publisher(kubeconfig: Path, node_name: str, *, public_key: str, encryption_key: int,
+                        next_public_key: str | None = None) -> None:  # fmt: skip
         calls.append((kubeconfig, node_name, public_key, encryption_key))
         if len(calls) == 1:
             raise NodePublishError("the API is not there yet")
@@ -275,7 +276,12 @@ def test_opt_out_and_publication(tmp_path: Path, labels: dict[str, str], node_en
 
     async def go() -> None:
         await wg.decide_opt_out(labels_of_node)
-        await asyncio.wait_for(wg.publish(), 5)
+        publishing = asyncio.create_task(wg.publish())  # forever: it republishes on key rotations
+        for _ in range(500):
+            if wg.published:
+                break
+            await asyncio.sleep(0.01)
+        publishing.cancel()
 
     asyncio.run(go())
     assert calls[-1] == (tmp_path / "kubeconfig", "n0", wg.key.public_key, key) and len(calls) == 2

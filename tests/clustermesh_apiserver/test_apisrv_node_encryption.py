@@ -2,7 +2,8 @@
 key on the Node / CiliumNode of the Kubernetes API emulator, and the clustermesh-apiserver exports
 it in the node record in a real etcd (``WireguardPubKey``, ``EncryptionKey``), in both source
 modes. A later key change is an annotation-only change of the object: it must be re-exported too
-(Cilium's bug #25492 dropped such updates)."""
+(Cilium's bug #25492 dropped such updates). So must a rotating node's next key
+(``clustermesh.io/wg-next-pub-key``, in the record's ``Annotations``), and its removal."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 
 from agent.nodepublish import ENCRYPTION_KEY_ANNOTATION, publish_node_encryption
 from clustermesh_apiserver.converters import kubernetes as k8s_converter
+from clustermesh_apiserver.converters.annotations import WIREGUARD_NEXT_PUB_KEY
 from lab.etcd import EtcdProcess
 from lab.kube.api import K8sApiServer
 from lab.wait import poll_until
@@ -47,6 +49,10 @@ async def record(client: EtcdClient) -> dict[str, Any]:
 async def exported(client: EtcdClient, public_key: str, encryption_key: int) -> bool:
     doc = await record(client)
     return doc.get("WireguardPubKey") == public_key and doc.get("EncryptionKey") == encryption_key
+
+
+async def next_key_exported(client: EtcdClient, next_key: str | None) -> bool:
+    return ((await record(client)).get("Annotations") or {}).get(WIREGUARD_NEXT_PUB_KEY) == next_key
 
 
 def test_the_node_annotation_is_the_one_the_converter_reads() -> None:
@@ -100,6 +106,20 @@ async def test_published_keys_are_exported_and_annotation_only_changes_follow(
         assert await poll_until(lambda: exported(etcd_client, second, 0), within=5), await record(etcd_client)
         if source == "kubernetes":
             assert ENCRYPTION_KEY_ANNOTATION not in store.get("nodes", "n1")["metadata"]["annotations"]
+
+        # A rotation: the next key is announced next to the current one, then withdrawn.
+        third = wg_key()
+        await publish_node_encryption(kubeconfig, "n1", public_key=second, encryption_key=255, next_public_key=third)
+        assert await poll_until(lambda: next_key_exported(etcd_client, third), within=5), await record(etcd_client)
+        assert await exported(etcd_client, second, 255)
+        versions = _versions(store, source)
+        await publish_node_encryption(kubeconfig, "n1", public_key=second, encryption_key=255, next_public_key=third)
+        assert _versions(store, source) == versions
+        await publish_node_encryption(kubeconfig, "n1", public_key=third, encryption_key=255)
+        assert await poll_until(lambda: next_key_exported(etcd_client, None), within=5), await record(etcd_client)
+        assert await exported(etcd_client, third, 255)
+        for kind in ["nodes", "ciliumnodes.cilium.io"] if source == "cilium" else ["nodes"]:
+            assert WIREGUARD_NEXT_PUB_KEY not in store.get(kind, "n1")["metadata"]["annotations"]
 
 
 async def _has_record(client: EtcdClient) -> bool:

@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 from clustermesh_apiserver.converters import (
     DEFAULT_LABEL_FILTER,
     IdentityAllocator,
+    cilium_node_to_node,
     node_to_node,
     pod_identity_labels,
     pod_to_pairs,
 )
+from clustermesh_apiserver.converters.annotations import WIREGUARD_NEXT_PUB_KEY
 from clustermesh_apiserver.converters.labelfilter import LabelFilter, parse_label_prefix
 from meshcore.errors import WireError
 from meshcore.wire import Label, LabelSet, NamedPort
@@ -63,6 +65,30 @@ def test_node_to_node() -> None:
     assert node.annotations is not None and "node.alpha.kubernetes.io/ttl" not in node.annotations
     assert node.annotations["network.cilium.io/wg-pub-key"] == "WG="
     assert node.key_name() == "k1/worker-1"
+
+
+def test_node_exports_the_next_wireguard_key_and_no_other_clustermesh_io_annotation() -> None:
+    meta = {
+        **NODE["metadata"],
+        "annotations": {
+            **NODE["metadata"]["annotations"],
+            WIREGUARD_NEXT_PUB_KEY: "NEXT=",
+            "clustermesh.io/other": "x",
+        },
+    }
+    node = node_to_node({**NODE, "metadata": meta}, cluster="k1", cluster_id=7)
+    assert node.annotations is not None and node.annotations[WIREGUARD_NEXT_PUB_KEY] == "NEXT="
+    assert "clustermesh.io/other" not in node.annotations
+    assert json.loads(node.encode())["Annotations"][WIREGUARD_NEXT_PUB_KEY] == "NEXT="
+    assert node.wireguard_pub_key == "WG="  # the current key is unchanged
+    only_other = {**NODE["metadata"], "annotations": {"clustermesh.io/encryption": "disabled"}}
+    assert node_to_node({**NODE, "metadata": only_other}, cluster="k1", cluster_id=7).annotations == {}
+
+
+def test_cilium_node_keeps_the_next_wireguard_key() -> None:
+    obj = {"metadata": {"name": "n1", "annotations": {WIREGUARD_NEXT_PUB_KEY: "NEXT=", "clustermesh.io/x": "y"}}}
+    node = cilium_node_to_node(obj, cluster="c1", cluster_id=1)
+    assert node.annotations == {WIREGUARD_NEXT_PUB_KEY: "NEXT=", "clustermesh.io/x": "y"}  # all, as Cilium
 
 
 def test_bare_node_encodes_empty_collections() -> None:
