@@ -3,6 +3,10 @@
 - ``GET /v1/status``: ``{"cluster-mesh": {"clusters": [RemoteCluster...]}, "local": {...}}``, the
   ``cluster-mesh`` part in the shape of Cilium's ``StatusResponse`` (``cilium-dbg status -o json``);
 - ``GET /v1/desired``: the desired datapath state as JSON;
+- ``POST /v1/encryption/rotate``: stage a rotation of the node's WireGuard key (``clustermesh
+  encryption rotate``): 200 with ``{"node", "public-key", "next-public-key", "phase"}``, 409 with
+  ``{"error": ...}`` when the node cannot rotate now, 404 with ``{"error": ...}`` when this agent
+  has no rotation at all;
 - ``GET /metrics``: the agent's Prometheus registry.
 """
 
@@ -20,7 +24,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from meshcore.errors import ConfigError
+from meshcore.errors import ConfigError, MeshError
 
 __all__ = ["AgentAPI"]
 
@@ -37,7 +41,9 @@ def _socket_in_use(path: Path) -> bool:
 
 class AgentAPI:
     """Serves the endpoints above. ``status()`` and ``desired()`` return JSON-ready values;
-    ``desired()`` may return pre-encoded bytes (large states are encoded once per version)."""
+    ``desired()`` may return pre-encoded bytes (large states are encoded once per version).
+    ``rotate()`` (optional; called on the event loop) stages a key rotation and returns what it
+    rotates to, or raises :class:`MeshError` saying why it cannot."""
 
     def __init__(
         self,
@@ -48,10 +54,12 @@ class AgentAPI:
         registry: CollectorRegistry,
         metrics_port: int = 0,
         metrics_address: str = "127.0.0.1",
+        rotate: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.socket_path = socket_path
         self._status = status
         self._desired = desired
+        self._rotate = rotate
         self._registry = registry
         self._metrics_port = metrics_port
         self._metrics_address = metrics_address
@@ -64,6 +72,7 @@ class AgentAPI:
         app = web.Application()
         app.router.add_get("/v1/status", self._get_status)
         app.router.add_get("/v1/desired", self._get_desired)
+        app.router.add_post("/v1/encryption/rotate", self._post_rotate)
         app.router.add_get("/metrics", self._get_metrics)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
@@ -114,6 +123,15 @@ class AgentAPI:
 
     async def _get_desired(self, request: web.Request) -> web.Response:
         return web.Response(body=self._desired(), content_type="application/json")
+
+    async def _post_rotate(self, request: web.Request) -> web.Response:
+        if self._rotate is None:
+            return web.json_response({"error": "this agent does not rotate WireGuard keys"}, status=404)
+        try:
+            doc = self._rotate()
+        except MeshError as err:
+            return web.json_response({"error": str(err)}, status=409)
+        return web.json_response(doc)
 
     async def _get_metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self._registry)

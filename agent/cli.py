@@ -24,6 +24,7 @@ from agent.config import (
     AgentConfig,
 )
 from meshcore.cliopts import CONTEXT_SETTINGS, log_options, run_until_signalled
+from meshcore.duration import Duration
 from meshcore.errors import ConfigError
 from meshcore.log import configure as configure_logging
 
@@ -81,6 +82,11 @@ def _default_node_name() -> str:
               "characters once expanded.")
 @click.option("--wireguard-persistent-keepalive", type=int, default=0, show_default=True, metavar="SECONDS",
               help="WireGuard persistent keepalive of every peer (0 = off).")
+@click.option("--wireguard-key-rotation-interval", type=Duration(allow_zero=True), default="0", show_default=True,
+              metavar="DURATION", help="Rotate this node's WireGuard key when it is this old (seconds, or Go-style "
+              "720h, 30m; 0 = off: only `clustermesh encryption rotate` rotates it). Make-before-break: the node "
+              "announces its next key, moves its peers to a transition device under it, commits, then moves back "
+              "to the main device, without losing packets (see `clustermesh encryption rotate --help`).")
 @click.option("--encryption-scope", type=click.Choice(ENCRYPTION_SCOPES), default="all", show_default=True,
               help="all: every other node of the mesh is a peer. inter-cluster: only the remote clusters' nodes; "
               "traffic within this cluster stays plaintext.")
@@ -134,6 +140,7 @@ def main(
     encryption: str,
     wireguard_device: str,
     wireguard_persistent_keepalive: int,
+    wireguard_key_rotation_interval: float,
     encryption_scope: str,
     node_encryption: bool,
     node_encryption_opt_out_labels: str,
@@ -191,6 +198,7 @@ def main(
         encryption=encryption,
         wireguard_device=wireguard_device,
         wireguard_persistent_keepalive=wireguard_persistent_keepalive,
+        wireguard_key_rotation_interval=wireguard_key_rotation_interval,
         encryption_scope=encryption_scope,
         node_encryption=node_encryption,
         node_encryption_opt_out_labels=node_encryption_opt_out_labels,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,8 @@ class AgentConfig:
     ``wireguard_persistent_keepalive`` (seconds, 0 off), ``encryption_scope`` (all/inter-cluster),
     ``node_encryption`` with ``node_encryption_opt_out_labels`` (a label selector; empty: nobody
     opts out), egress strict mode ``strict_mode_cidr`` / ``strict_mode_allow_remote_node``
-    (allowed without WireGuard: everything in the CIDR is then dropped).
+    (allowed without WireGuard: everything in the CIDR is then dropped),
+    ``wireguard_key_rotation_interval`` (seconds: rotate the key when it is this old; 0 off).
     """
 
     cluster_name: str
@@ -99,6 +101,7 @@ class AgentConfig:
     node_encryption_opt_out_labels: str = DEFAULT_OPT_OUT_LABELS
     strict_mode_cidr: str | None = None
     strict_mode_allow_remote_node: bool = False
+    wireguard_key_rotation_interval: float = 0.0
 
     @property
     def wireguard_device_name(self) -> str:
@@ -177,6 +180,15 @@ class AgentConfig:
             raise ConfigError(
                 "--wireguard-persistent-keepalive must be 0 (off) to 65535 seconds, got "
                 f"{self.wireguard_persistent_keepalive}"
+            )
+        interval = self.wireguard_key_rotation_interval
+        if not (math.isfinite(interval) and interval >= 0):
+            raise ConfigError(
+                f"--wireguard-key-rotation-interval must be 0 (off) or a positive duration, got {interval}"
+            )
+        if interval > 0 and self.encryption != "wireguard":
+            raise ConfigError(
+                "--wireguard-key-rotation-interval needs --encryption wireguard (there is no key to rotate)"
             )
         try:
             from agent.datapath.labelselector import parse_selector

@@ -40,6 +40,13 @@ CHANGE_BATCH = 4096
 """Changes applied per delta: bounds the time between two turns of the event loop."""
 
 
+def _no_key_rotation() -> dict[str, Any]:
+    raise MeshError(
+        "WireGuard key rotation needs the node datapath (--datapath bpf --encryption wireguard); "
+        "this agent runs --datapath none"
+    )
+
+
 class Agent:
     """One node's agent (see the module docstring). Construct, then ``await run()``."""
 
@@ -84,6 +91,7 @@ class Agent:
             registry=self.metrics.registry,
             metrics_port=config.metrics_port,
             metrics_address=config.metrics_address,
+            rotate=self.datapath.request_key_rotation if self.datapath is not None else _no_key_rotation,
         )
         self._log = get_logger(__name__, cluster=config.cluster_name, node=config.node_name)
 

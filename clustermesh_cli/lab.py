@@ -40,6 +40,7 @@ from lab.supervisor.spec import (
     wireguard_device_template,
 )
 from meshcore.cliopts import CONTEXT_SETTINGS
+from meshcore.duration import Duration
 from meshcore.errors import MeshError
 
 _UP_BASE_TIMEOUT = 90.0
@@ -121,9 +122,12 @@ def lab() -> None:
 @click.option("--encryption-strict-mode-cidr", default=None, metavar="CIDR",
               help="`clustermesh enable --encryption-strict-mode-cidr` of every cluster (with --encryption "
               "wireguard): pod traffic within this IPv4 CIDR that would leave a node unencrypted is dropped.")
+@click.option("--wireguard-key-rotation-interval", type=Duration(allow_zero=True), default="0", show_default=True,
+              metavar="DURATION", help="`clustermesh enable --wireguard-key-rotation-interval` of every cluster (with "
+              "--encryption wireguard): each agent rotates its node's key when it is this old (e.g. 10m; 0 = off).")
 def up(clusters: int, nodes: int, name: str, routing_mode: str, kubeconfig_path: Path | None, no_kubeconfig: bool,
        timeout: float | None, no_mesh: bool, source: str, mesh_timeout: float | None, encryption: str,
-       encryption_strict_mode_cidr: str | None) -> None:
+       encryption_strict_mode_cidr: str | None, wireguard_key_rotation_interval: float) -> None:
     """Build a lab: CLUSTERS clusters of NODES nodes, each with its own Kubernetes API, and mesh them.
 
     Leftovers of a lab of the same name that is not running (e.g. a `lab up` killed half way)
@@ -143,7 +147,7 @@ def up(clusters: int, nodes: int, name: str, routing_mode: str, kubeconfig_path:
         validate_lab_name(name)
     except LabSpecError as err:
         raise click.BadParameter(str(err), param_hint="--name") from None
-    _check_encryption(name, encryption, encryption_strict_mode_cidr)
+    _check_encryption(name, encryption, encryption_strict_mode_cidr, wireguard_key_rotation_interval)
     pid = control.supervisor_pid(name)
     if pid is not None:
         _fail(f"lab {name!r} is up already (supervisor pid {pid}); use `clustermesh lab down --name {name}` "
@@ -155,7 +159,8 @@ def up(clusters: int, nodes: int, name: str, routing_mode: str, kubeconfig_path:
     ports = _free_ports(2 * clusters)
     spec = plan(name, clusters, nodes, routing_mode=routing_mode,  # type: ignore[arg-type]
                 api_ports=ports[:clusters], api_internal_ports=ports[clusters:], kubeconfig_merged=merged,
-                encryption=encryption, encryption_strict_mode_cidr=encryption_strict_mode_cidr)
+                encryption=encryption, encryption_strict_mode_cidr=encryption_strict_mode_cidr,
+                wireguard_key_rotation_interval=wireguard_key_rotation_interval)
     spec.save()
     t0 = time.monotonic()
     proc = control.spawn_supervisor(spec)
@@ -180,10 +185,12 @@ def up(clusters: int, nodes: int, name: str, routing_mode: str, kubeconfig_path:
         _mesh(spec, source, mesh_timeout or _MESH_BASE_TIMEOUT + _MESH_PER_NODE_TIMEOUT * clusters * nodes)
 
 
-def _check_encryption(name: str, encryption: str, strict_mode_cidr: str | None) -> None:
+def _check_encryption(name: str, encryption: str, strict_mode_cidr: str | None, rotation_interval: float = 0.0
+                      ) -> None:
     """Refuse bad encryption flags before anything is built, with the install's own messages, and a
     lab whose WireGuard device names another encrypted lab on this machine would share."""
-    spec = plan(name, 1, 1, encryption=encryption, encryption_strict_mode_cidr=strict_mode_cidr)
+    spec = plan(name, 1, 1, encryption=encryption, encryption_strict_mode_cidr=strict_mode_cidr,
+                wireguard_key_rotation_interval=rotation_interval)
     try:
         lab_install_options(spec, spec.clusters[0])
     except InstallOptionsError as err:

@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_AGENT_SOCKET",
     "AgentUnreachableError",
     "agent_get",
+    "agent_post",
     "cluster_error",
     "render_summary",
     "render_table",
@@ -73,6 +74,34 @@ def agent_get(socket_path: Path, path: str, *, timeout: float = 10.0) -> Any:
 
 def agent_get_raw(socket_path: Path, path: str, *, timeout: float = 10.0) -> bytes:
     """``GET path`` from the agent on ``socket_path``; the body as sent (e.g. ``/metrics``)."""
+    code, body = _agent_request(socket_path, "GET", path, timeout)
+    if code != 200:
+        raise AgentUnreachableError(f"agent answered {code} to GET {path}: {body[:200]!r}")
+    return body
+
+
+def agent_post(socket_path: Path, path: str, *, timeout: float = 10.0) -> Any:
+    """``POST path`` (no body) to the agent on ``socket_path``; the decoded JSON answer.
+
+    Raises :class:`AgentUnreachableError` when the agent cannot be asked, or with the agent's own
+    ``{"error": ...}`` message when it refused."""
+    code, body = _agent_request(socket_path, "POST", path, timeout)
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if code == 200 and doc is not None:
+        return doc
+    if isinstance(doc, dict) and doc.get("error"):
+        raise AgentUnreachableError(str(doc["error"]))
+    if code == 404:
+        raise AgentUnreachableError(f"the agent on {socket_path} has no POST {path}: it is older than this CLI; "
+                                    "upgrade it")
+    raise AgentUnreachableError(f"agent answered {code} to POST {path}: {body[:200]!r}")
+
+
+def _agent_request(socket_path: Path, method: str, path: str, timeout: float) -> tuple[int, bytes]:
+    """One request to the agent: its status and body (raises :class:`AgentUnreachableError`)."""
     if not socket_path.exists():
         raise AgentUnreachableError(
             f"agent socket {socket_path} does not exist: is clustermesh-agent running on this node? "
@@ -80,7 +109,7 @@ def agent_get_raw(socket_path: Path, path: str, *, timeout: float = 10.0) -> byt
         )
     conn = _UnixHTTPConnection(socket_path, timeout)
     try:
-        conn.request("GET", path)
+        conn.request(method, path)
         resp = conn.getresponse()
         body = resp.read()
     except ConnectionRefusedError:
@@ -96,9 +125,7 @@ def agent_get_raw(socket_path: Path, path: str, *, timeout: float = 10.0) -> byt
         raise AgentUnreachableError(f"agent socket {socket_path}: {err or type(err).__name__}") from None
     finally:
         conn.close()
-    if resp.status != 200:
-        raise AgentUnreachableError(f"agent answered {resp.status} to GET {path}: {body[:200]!r}")
-    return body
+    return resp.status, body
 
 
 def socket_option(func: Any) -> Any:

@@ -50,6 +50,7 @@ from lab.supervisor.spec import (
     labs_present,
     load,
 )
+from meshcore.duration import format_duration
 from meshcore.errors import MeshError
 
 __all__ = ["DEFAULT_SOURCE", "MeshNotReady", "agent_pin_root", "agent_socket",
@@ -107,11 +108,13 @@ def lab_install_options(spec: LabSpec, cluster: ClusterSpec, source: str = DEFAU
 
 
 def _encryption_options(spec: LabSpec) -> dict[str, Any]:
-    """The lab's encryption install options (a strict-mode CIDR without encryption is passed on,
-    so that the options refuse it)."""
+    """The lab's encryption install options (a strict-mode CIDR or a rotation interval without
+    encryption is passed on, so that the options refuse it)."""
     out: dict[str, Any] = {}
     if spec.encryption_strict_mode_cidr is not None:
         out["encryption_strict_mode_cidr"] = spec.encryption_strict_mode_cidr
+    if spec.wireguard_key_rotation_interval:
+        out["wireguard_key_rotation_interval"] = spec.wireguard_key_rotation_interval
     if spec.encryption != "none":
         out |= {"encryption": spec.encryption, "wireguard_device": spec.wireguard_device}
     return out
@@ -227,6 +230,8 @@ def _encryption_flags(spec: LabSpec) -> str:
     text = f" --encryption {spec.encryption} --wireguard-device '{spec.wireguard_device}'"
     if spec.encryption_strict_mode_cidr:
         text += f" --encryption-strict-mode-cidr {spec.encryption_strict_mode_cidr}"
+    if spec.wireguard_key_rotation_interval:
+        text += f" --wireguard-key-rotation-interval {format_duration(spec.wireguard_key_rotation_interval)}"
     return text
 
 

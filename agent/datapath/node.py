@@ -184,6 +184,7 @@ class NodeDatapathConfig:
                 opt_out_labels=config.node_encryption_opt_out_labels,
                 strict_cidr=config.strict_mode_cidr,
                 strict_allow_remote_node=config.strict_mode_allow_remote_node,
+                rotation_interval=config.wireguard_key_rotation_interval,
                 state_dir=config.state_dir,
                 kubeconfig=config.kubeconfig,
             ),

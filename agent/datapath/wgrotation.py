@@ -160,8 +160,13 @@ class ReconciledSteering:
     routes: ``set(node, "transition")`` records the transition device's ifindex for ``node`` in
     ``state`` and has ``resteer()`` (the node's steering, re-planned with it) written."""
 
-    def __init__(self, state: RotationState, transition: WireGuardDevice,
-                 resteer: Callable[[], Coroutine[Any, Any, None]], loop: asyncio.AbstractEventLoop) -> None:  # fmt: skip
+    def __init__(
+        self,
+        state: RotationState,
+        transition: WireGuardDevice,
+        resteer: Callable[[], Coroutine[Any, Any, None]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         self._state = state
         self._transition = transition
         self._resteer = resteer

@@ -11,6 +11,7 @@ cluster must give them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from clustermesh_cli.install import names
 from clustermesh_cli.install.cliopts import INSTALL_PARAMS
 from clustermesh_cli.install.options import InstallOptions, InstallOptionsError
+from meshcore.duration import parse_duration
 from meshcore.errors import ConfigError
 
 __all__ = ["ENCRYPTION_FIELDS", "EnableUsageError", "config_defaults", "resolve_options", "service_defaults"]
@@ -56,7 +58,8 @@ def config_defaults(data: Mapping[str, str] | None, *, cilium: bool = False) -> 
 _ENCRYPTION_KEYS = (("encryption", "encryption"), ("encryption-scope", "encryption_scope"),
                     ("wireguard-device", "wireguard_device"),
                     ("encryption-strict-mode-cidr", "encryption_strict_mode_cidr"))
-ENCRYPTION_FIELDS = frozenset({*(f for _, f in _ENCRYPTION_KEYS), "node_encryption"})
+_ROTATION_INTERVAL_KEY = "wireguard-key-rotation-interval"
+ENCRYPTION_FIELDS = frozenset({*(f for _, f in _ENCRYPTION_KEYS), "node_encryption", "wireguard_key_rotation_interval"})
 
 
 def _encryption_defaults(data: Mapping[str, str]) -> dict[str, Any]:
@@ -66,6 +69,10 @@ def _encryption_defaults(data: Mapping[str, str]) -> dict[str, Any]:
             out[field_name] = data[key].strip()
     if (data.get("encryption-node-encryption") or "").strip():
         out["node_encryption"] = data["encryption-node-encryption"].strip().lower() == "true"
+    interval = (data.get(_ROTATION_INTERVAL_KEY) or "").strip()
+    if interval:
+        with contextlib.suppress(ValueError):  # a hand-edited value: the flag's default then
+            out["wireguard_key_rotation_interval"] = parse_duration(interval, allow_zero=True)
     return out
 
 

@@ -25,6 +25,7 @@ from clustermesh_cli.install.options import (
     InstallOptions,
     InstallOptionsError,
 )
+from meshcore.duration import Duration
 
 __all__ = ["INSTALL_PARAMS", "install_options", "options_from_params"]
 
@@ -81,13 +82,19 @@ _OPTIONS: tuple[Callable[[Any], Any], ...] = (
                  "hex characters per node (for hosts where device names are global, like wireguard-go's "
                  "sockets in /var/run/wireguard). Cilium: always cilium_wg0.  "
                  f"[default: {DEFAULT_WIREGUARD_DEVICE}]"),
+    click.option("--wireguard-key-rotation-interval", type=Duration(allow_zero=True), default=None,
+                 metavar="DURATION",
+                 help="With --encryption wireguard: each agent rotates its node's WireGuard key when it is this "
+                 "old (seconds, or 720h, 30m ...; 0 = off), make-before-break through a transition device, "
+                 "without losing packets; `clustermesh encryption rotate` rotates on demand. No Cilium "
+                 "equivalent (Cilium keeps a node's key).  [default: 0, off]"),
 )
 
 #: The parameter names ``@install_options`` adds (all fields of :class:`InstallOptions`).
 INSTALL_PARAMS = ("namespace", "image", "etcd_image", "service_type", "node_port", "source", "max_connected_clusters",
                   "routing_mode", "enable_mcs_api", "enable_cilium_endpoint_slice", "cgroup_root", "underlay_device",
                   "encryption", "encryption_scope", "node_encryption", "encryption_strict_mode_cidr",
-                  "wireguard_device")
+                  "wireguard_device", "wireguard_key_rotation_interval")
 
 
 def install_options(f: F) -> F:

@@ -34,6 +34,7 @@ import yaml
 from clustermesh_cli.install import names
 from clustermesh_cli.install.options import DEFAULT_WIREGUARD_DEVICE, InstallOptions
 from clustermesh_cli.install.rbac import agent_rules, apiserver_rules
+from meshcore.duration import format_duration
 
 __all__ = [
     "Obj",
@@ -143,6 +144,8 @@ def encryption_config(options: InstallOptions) -> dict[str, str]:
             "encryption-node-encryption": "true" if options.node_encryption else "false"}
     if options.encryption_strict_mode_cidr is not None:
         data["encryption-strict-mode-cidr"] = options.encryption_strict_mode_cidr
+    if options.wireguard_key_rotation_interval > 0:
+        data["wireguard-key-rotation-interval"] = format_duration(options.wireguard_key_rotation_interval)
     return data
 
 
@@ -385,6 +388,8 @@ def _encryption_args(options: InstallOptions) -> list[str]:
         args.append("--encryption-node-encryption")
     if options.encryption_strict_mode_cidr is not None:
         args += ["--encryption-strict-mode-cidr", options.encryption_strict_mode_cidr]
+    if options.wireguard_key_rotation_interval > 0:
+        args += ["--wireguard-key-rotation-interval", format_duration(options.wireguard_key_rotation_interval)]
     return args
 
 

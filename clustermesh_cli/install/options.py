@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import ipaddress
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -121,7 +122,8 @@ class InstallOptions:
     ``encryption_scope``, ``node_encryption`` and ``encryption_strict_mode_cidr`` need
     ``wireguard`` (they would promise a protection that is not there); ``wireguard_device`` is only
     used with it (a ``{hash}`` in it becomes 8 hex characters per node, for hosts where device
-    names are global, as with wireguard-go's sockets).
+    names are global, as with wireguard-go's sockets). ``wireguard_key_rotation_interval``
+    (seconds, 0 off; needs ``wireguard``): the agents rotate their keys when this old.
     """
 
     cluster_name: str
@@ -154,6 +156,7 @@ class InstallOptions:
     node_encryption: bool = False
     encryption_strict_mode_cidr: str | None = None
     wireguard_device: str = DEFAULT_WIREGUARD_DEVICE
+    wireguard_key_rotation_interval: float = 0.0
     agent_extra_args: tuple[str, ...] = ()
     apiserver_extra_args: tuple[str, ...] = ()
 
@@ -256,10 +259,15 @@ class InstallOptions:
             if cidr.version != 4:
                 raise _fail("encryption_strict_mode_cidr", self.encryption_strict_mode_cidr,
                             "must be an IPv4 CIDR (strict mode is IPv4 only, as in Cilium)")
+        interval = self.wireguard_key_rotation_interval
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 <= interval < math.inf:
+            raise _fail("wireguard_key_rotation_interval", interval,
+                        "must be 0 (off) or a duration, e.g. 720h, 30m, or a number of seconds")
         if self.encryption == "none":
             needs = [name for name, value in (("encryption_scope", self.encryption_scope != "all"),
                                               ("node_encryption", self.node_encryption),
-                                              ("encryption_strict_mode_cidr", self.encryption_strict_mode_cidr))
+                                              ("encryption_strict_mode_cidr", self.encryption_strict_mode_cidr),
+                                              ("wireguard_key_rotation_interval", interval > 0))
                      if value]
             if needs:
                 value = getattr(self, needs[0])

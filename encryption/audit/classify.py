@@ -141,7 +141,8 @@ class AuditPlan:
                       for net, owner in self.pod_cidrs)
         object.__setattr__(self, "_node_keys", keys)
         object.__setattr__(self, "_cidrs", cidrs)
-        object.__setattr__(self, "wireguard_ports", frozenset(self.wireguard_ports) | {CILIUM_WIREGUARD_PORT, ROTATION_WIREGUARD_PORT})
+        ports = frozenset(self.wireguard_ports) | {CILIUM_WIREGUARD_PORT, ROTATION_WIREGUARD_PORT}
+        object.__setattr__(self, "wireguard_ports", ports)
 
     @classmethod
     def build(cls, nodes: Mapping[str, str], pod_cidrs: Iterable[tuple[str, str | None]] = (),

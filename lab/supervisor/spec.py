@@ -117,9 +117,11 @@ class LabSpec:
     clusters: tuple[ClusterSpec, ...]
     kubeconfig_merged: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    #: ``lab up --encryption`` / ``--encryption-strict-mode-cidr``, given to every cluster's install.
+    #: ``lab up --encryption`` / ``--encryption-strict-mode-cidr`` /
+    #: ``--wireguard-key-rotation-interval`` (seconds, 0 off), given to every cluster's install.
     encryption: str = "none"
     encryption_strict_mode_cidr: str | None = None
+    wireguard_key_rotation_interval: float = 0.0
 
     @property
     def state_dir(self) -> Path:
@@ -192,9 +194,10 @@ class LabSpec:
 def plan(name: str, clusters: int, nodes: int, *, routing_mode: RoutingMode = "tunnel",
          api_ports: list[int] | None = None, api_internal_ports: list[int] | None = None,
          kubeconfig_merged: str | None = None, encryption: str = "none",
-         encryption_strict_mode_cidr: str | None = None) -> LabSpec:
-    """The lab ``name`` with ``clusters`` clusters of ``nodes`` nodes each (``encryption`` and
-    ``encryption_strict_mode_cidr`` are recorded for the mesh install, which validates them).
+         encryption_strict_mode_cidr: str | None = None, wireguard_key_rotation_interval: float = 0.0) -> LabSpec:
+    """The lab ``name`` with ``clusters`` clusters of ``nodes`` nodes each (``encryption``,
+    ``encryption_strict_mode_cidr`` and ``wireguard_key_rotation_interval`` are recorded for the
+    mesh install, which validates them).
 
     ``api_ports`` gives each cluster's API port on 127.0.0.1 and ``api_internal_ports`` the port of
     the API process behind it (chosen by the caller, who can probe for free ones)."""
@@ -232,7 +235,8 @@ def plan(name: str, clusters: int, nodes: int, *, routing_mode: RoutingMode = "t
             nodes=node_specs, api_internal_port=internal_ports[i],
         ))  # fmt: skip
     return LabSpec(name=name, routing_mode=routing_mode, clusters=tuple(out), kubeconfig_merged=kubeconfig_merged,
-                   encryption=encryption, encryption_strict_mode_cidr=encryption_strict_mode_cidr)
+                   encryption=encryption, encryption_strict_mode_cidr=encryption_strict_mode_cidr,
+                   wireguard_key_rotation_interval=wireguard_key_rotation_interval)
 
 
 def from_dict(doc: dict[str, Any]) -> LabSpec:
@@ -244,8 +248,9 @@ def from_dict(doc: dict[str, Any]) -> LabSpec:
         return LabSpec(name=validate_lab_name(doc["name"]), routing_mode=doc["routing_mode"], clusters=clusters,
                        kubeconfig_merged=doc.get("kubeconfig_merged"), extra=dict(doc.get("extra") or {}),
                        encryption=str(doc.get("encryption") or "none"),
-                       encryption_strict_mode_cidr=doc.get("encryption_strict_mode_cidr"))
-    except (KeyError, TypeError) as err:
+                       encryption_strict_mode_cidr=doc.get("encryption_strict_mode_cidr"),
+                       wireguard_key_rotation_interval=float(doc.get("wireguard_key_rotation_interval") or 0.0))
+    except (KeyError, TypeError, ValueError) as err:
         raise LabSpecError(f"broken lab spec: {err!r}") from err
 
 
