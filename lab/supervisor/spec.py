@@ -55,8 +55,10 @@ def wireguard_device_template(name: str) -> str:
 
 
 def wireguard_device_pattern(name: str) -> re.Pattern[str]:
-    """Matches the device names :func:`wireguard_device_template` gives the nodes of lab ``name``."""
-    return re.compile(re.escape(wireguard_device_template(name).replace("{hash}", "")) + r"[0-9a-f]{8}")
+    """Matches the device names :func:`wireguard_device_template` gives the nodes of lab ``name``, and
+    their key rotation's transition devices (:func:`~encryption.wireguard.device.transition_device_name`:
+    the last hex digit made ``t`` or ``u``)."""
+    return re.compile(re.escape(wireguard_device_template(name).replace("{hash}", "")) + r"[0-9a-f]{7}[0-9a-ftu]")
 
 
 def state_dir(name: str) -> Path:

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from agent.config import wireguard_device_name
 from clustermesh_cli.install import render_manifests
 from clustermesh_cli.lab import _status_doc, lab
+from encryption.wireguard.device import transition_device_name
 from lab.mesh import lab_install_options
 from lab.supervisor import cleanup
 from lab.supervisor.spec import (
@@ -64,6 +65,7 @@ def test_device_names_are_unique_per_node_on_this_host_and_recognisable_per_lab(
         others = set().union(*(v for k, v in names.items() if k != lab_name))
         assert not devices & others
         assert not any(wireguard_device_pattern(lab_name).fullmatch(d) for d in others)
+        assert all(wireguard_device_pattern(lab_name).fullmatch(transition_device_name(d)) for d in devices)
     # the agent expands the template the lab renders into a valid device name
     assert wireguard_device_pattern("ex").fullmatch(wireguard_device_name(template, "c1", "c1-n0"))
 
