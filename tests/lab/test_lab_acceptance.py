@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import secrets
+import select
 import signal
 import subprocess
 import time
@@ -136,20 +137,26 @@ def test_kubectl_watch_started_before_an_api_restart_resumes(lab: LabDriver) -> 
     (lab/kube/front.py) keeps that connection and re-watches behind it, so kubectl prints on."""
     watch = subprocess.Popen(["kubectl", "--kubeconfig", str(lab.kubeconfig), "--context", lab.context("c1"),
                               "get", "pods", "-w", "-o", "name"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    err = ""
+                             stderr=subprocess.PIPE)
+    err = b""
     try:
         time.sleep(1.0)  # the watch is established
         _restart_api(lab)
         lab.kubectl("c1", "run", "watched2", "--image=lab", "--restart=Never", "--command", "--", "sleep", "60")
         deadline = time.monotonic() + 20
-        seen = ""
+        seen = b""
         assert watch.stdout is not None
-        os.set_blocking(watch.stdout.fileno(), False)
-        while time.monotonic() < deadline and "pod/watched2" not in seen:
-            seen += watch.stdout.read() or ""
-            time.sleep(0.2)
-        assert "pod/watched2" in seen, f"kubectl get -w did not resume (exit {watch.poll()}): {seen!r}"
+        out_fd = watch.stdout.fileno()
+        # raw reads on the pipe's descriptor: a text-mode read of a non-blocking pipe with nothing in it
+        # raises inside the decoder instead of returning nothing
+        while time.monotonic() < deadline and b"pod/watched2" not in seen:
+            readable, _, _ = select.select([out_fd], [], [], 0.2)
+            if readable:
+                chunk = os.read(out_fd, 65536)
+                if not chunk:
+                    break  # kubectl closed its output: it ended
+                seen += chunk
+        assert b"pod/watched2" in seen, f"kubectl get -w did not resume (exit {watch.poll()}): {seen!r}"
         assert watch.poll() is None, "kubectl get -w ended"
     finally:
         watch.kill()
