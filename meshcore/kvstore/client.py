@@ -255,14 +255,17 @@ class EtcdClient(AuthAPI):
 
     # ---- watch and maintenance ----
 
-    def watch(self, prefix: str, *, start_revision: int) -> AsyncGenerator[WatchBatch, None]:
-        """Watch ``prefix`` from ``start_revision`` (inclusive), with progress notifications.
+    def watch(
+        self, prefix: str, *, start_revision: int, progress_notify: bool = True
+    ) -> AsyncGenerator[WatchBatch, None]:
+        """Watch ``prefix`` from ``start_revision`` (inclusive), with progress notifications unless
+        ``progress_notify=False``.
 
         Yields one :class:`WatchBatch` per etcd response; an empty batch is a progress
         notification. Stop with ``aclose()`` (or ``contextlib.aclosing``) to cancel the server-side
         watch at once. See :func:`meshcore.kvstore.watch.watch_prefix` for the errors raised.
         """
-        return watch_prefix(self._conn, prefix, start_revision=start_revision)
+        return watch_prefix(self._conn, prefix, start_revision=start_revision, progress_notify=progress_notify)
 
     async def status(self) -> EndpointStatus:
         """What the current endpoint says about itself."""

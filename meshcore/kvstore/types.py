@@ -126,7 +126,8 @@ class KVStore(Protocol):
     async def revoke_lease(self, lease_id: int) -> None: ...
 
     def watch(self, prefix: str, *, start_revision: int) -> AsyncGenerator[WatchBatch, None]:
-        """Watch ``prefix`` from ``start_revision`` (inclusive), with progress notifications.
+        """Watch ``prefix`` from ``start_revision`` (inclusive), with progress notifications
+        (empty batches) where the store sends them.
 
         Raises :class:`~meshcore.errors.WatchCompactedError` when ``start_revision`` is compacted,
         :class:`~meshcore.errors.KVStoreUnavailableError` when the stream breaks, and

@@ -1,9 +1,10 @@
 """One etcd watch stream over a prefix, as an async iterator of :class:`WatchBatch`.
 
-The stream is opened with ``progress_notify`` so an idle prefix still reports the revision it is
-current at. The ``created`` response is not yielded: its header revision can be ahead of events
-still to be replayed from ``start_revision``. Leaving the iteration (``aclose()``, ``break`` inside
-``contextlib.aclosing``, task cancellation) cancels the watch on the server and the stream.
+The stream is opened with ``progress_notify`` (unless the caller says otherwise) so an idle prefix
+still reports the revision it is current at. The ``created`` response is not yielded: its header
+revision can be ahead of events still to be replayed from ``start_revision``. Leaving the
+iteration (``aclose()``, ``break`` inside ``contextlib.aclosing``, task cancellation) cancels the
+watch on the server and the stream.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ _REQUIRE_LEADER = (("hasleader", "true"),)
 
 
 async def watch_prefix(
-    conn: EtcdConnection, prefix: str, *, start_revision: int
+    conn: EtcdConnection, prefix: str, *, start_revision: int, progress_notify: bool = True
 ) -> AsyncGenerator[WatchBatch, None]:
-    """Watch every key under ``prefix`` from ``start_revision`` (inclusive).
+    """Watch every key under ``prefix`` from ``start_revision`` (inclusive); with
+    ``progress_notify``, etcd also sends an empty batch per progress interval while nothing changes.
 
     Raises :class:`WatchCompactedError` (with ``compact_revision``) when ``start_revision`` is
     compacted, :class:`KVStoreUnavailableError` when the stream cannot be opened or breaks,
@@ -46,7 +48,7 @@ async def watch_prefix(
     key, end = prefix_range(prefix)
     create = rpc_pb2.WatchRequest(
         create_request=rpc_pb2.WatchCreateRequest(
-            key=key, range_end=end, start_revision=start_revision, progress_notify=True
+            key=key, range_end=end, start_revision=start_revision, progress_notify=progress_notify
         )
     )
     call, stubs, watch_id = await _open(conn, create, prefix, start_revision)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from lab.etcd import EtcdProcess
+from meshcore.clustermesh.remote import ReadOnlyKVStore
 from meshcore.errors import ClusterChangedError, KVStoreUnavailableError, WatchCompactedError
 from meshcore.kvstore.client import EtcdClient
 from meshcore.kvstore.types import EventType, WatchBatch, WatchEvent
@@ -78,6 +79,19 @@ async def test_progress_notifications_arrive_as_empty_batches(etcd_client: EtcdC
         while batch.revision < rev2:
             batch = await next_batch(it, deadline - time.monotonic())
             assert batch.events == []
+
+
+async def test_without_progress_notify_an_idle_watch_stays_silent(etcd_client: EtcdClient) -> None:
+    """What the remote clusters' watches use (ReadOnlyKVStore.watch): no empty batches, events still."""
+    rev = await etcd_client.put("elsewhere", b"x")
+    remote = ReadOnlyKVStore(etcd_client)
+    async with contextlib.aclosing(remote.watch("quiet/", start_revision=rev + 1)) as it:
+        pending = asyncio.ensure_future(anext(it))  # not cancelled on a timeout: that would end the watch
+        done, _ = await asyncio.wait([pending], timeout=2.5)  # the lab's etcd notifies every second
+        assert not done, pending.result()
+        r2 = await etcd_client.put("quiet/a", b"1")
+        batch = await asyncio.wait_for(pending, WAIT)
+    assert [(e.key, e.mod_revision) for e in batch.events] == [("quiet/a", r2)]
 
 
 async def test_compacted_start_revision(etcd_client: EtcdClient) -> None:
