@@ -23,7 +23,7 @@ node datapath's encryption status at scrape time (the device is read every 2 s),
   switched off by its ``clustermesh.io/encryption=disabled`` label);
 - ``clustermesh_wireguard_peers``, ``clustermesh_wireguard_plaintext_peers`` (nodes without a key);
 - ``clustermesh_wireguard_key_age_seconds`` (age of the key file), and the counter
-  ``clustermesh_wireguard_key_rotations_total`` (0: keys are not rotated yet);
+  ``clustermesh_wireguard_key_rotations_total`` (committed rotations since the agent started);
 - per peer: ``clustermesh_wireguard_peer_latest_handshake_age_seconds`` (absent before the first
   handshake), the counters ``clustermesh_wireguard_peer_received_bytes_total`` and
   ``clustermesh_wireguard_peer_sent_bytes_total`` (the device's), and

@@ -56,7 +56,7 @@ EXIT_FAIL: Final = 1
 PARALLEL: Final = 32
 POLL_INTERVAL: Final = 1.0  # seconds between two status polls of the nodes still rotating
 PROGRESS_EVERY: Final = 2.0  # at most one progress line per this many seconds
-_STARTUP_ALLOWANCE: Final = 1.5  # seconds the in-pod CLI may take to start, out of one exec's budget
+_STARTUP_ALLOWANCE: Final = 5.0  # seconds the in-pod CLI may take to start, out of one exec's budget
 _ROTATE_WHAT: Final = f"{AGENT_COMMAND} agent encryption rotate"
 Read = Callable[[str], ClusterObjects]
 #: Asks one node's agent to rotate: (target, timeout) -> its answer, or the error.
@@ -251,7 +251,7 @@ def run_rotate(
     all_nodes: bool = False,
     wait: bool = True,
     timeout: float = 120.0,
-    request_timeout: float = 10.0,
+    request_timeout: float = 30.0,
     output: str = "text",
     kubeconfig: Path | None = None,
     namespace: str = "kube-system",
@@ -398,9 +398,10 @@ def exec_rotate(configuration: Any, pod: Mapping[str, Any], timeout: float) -> t
 @click.option(
     "--request-timeout",
     type=click.FloatRange(1, 120),
-    default=10.0,
+    default=30.0,
     show_default=True,
-    help="Seconds each agent may take to answer one request.",
+    help="Seconds each agent may take to answer one request (an exec that starts Python in its pod: "
+    "seconds on a busy node).",
 )
 @click.option(
     "-o",

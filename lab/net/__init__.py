@@ -14,11 +14,15 @@ from lab.net.traffic import (
     Endpoint,
     StreamResult,
     StreamRun,
+    UdpResult,
+    UdpRun,
     ping,
     ping_matrix,
     start_tcp_stream,
+    start_udp_stream,
     tcp_stream,
     tcp_throughput,
+    udp_stream,
 )
 
 __all__ = [
@@ -33,12 +37,16 @@ __all__ = [
     "StreamRun",
     "Topology",
     "TopologyError",
+    "UdpResult",
+    "UdpRun",
     "cleanup_stale",
     "ping",
     "ping_matrix",
     "run_in",
     "start_tcp_stream",
+    "start_udp_stream",
     "tcp_stream",
     "tcp_throughput",
+    "udp_stream",
     "unique_prefix",
 ]

@@ -1,5 +1,6 @@
-"""Test traffic between lab pods: ping, a paced TCP echo stream that exposes stalls and loss, and a
-TCP throughput measurement. All of it runs inside the pods (:class:`Endpoint`: a
+"""Test traffic between lab pods: ping, a paced TCP echo stream that exposes stalls and loss, a
+paced stream of numbered UDP datagrams that exposes every lost one, and a TCP throughput
+measurement. All of it runs inside the pods (:class:`Endpoint`: a
 :class:`~lab.net.topology.Pod` runs commands with ``ip netns exec``, a pod of a running lab with
 ``clustermesh lab exec``) with the stand-alone :mod:`lab.net.trafficd` script and this
 interpreter, and every wait is bounded.
@@ -23,10 +24,15 @@ from lab.net.errors import CommandError
 
 TRAFFICD = str(Path(__file__).with_name("trafficd.py"))
 DEFAULT_PORT = 5201
+DEFAULT_UDP_PORT = 5301
 #: Extra seconds the endpoints get beyond the traffic itself (start-up, connect, drain).
 SLACK = 5.0
-#: Seconds a server gets to say it is listening (a `clustermesh lab exec` starts Python first).
+#: Seconds a server gets to say it is listening (a `clustermesh lab exec` starts Python first);
+#: a stream's server also lives this much longer than its client's budget, since the client starts
+#: the same slow way after the server is ready (it ends at the client's end of stream anyway).
 READY_WITHIN = 15.0
+#: Seconds a UDP receiver waits after the last datagram before it reports the rest as missing.
+UDP_IDLE = 5.0
 
 
 class Endpoint(Protocol):
@@ -74,8 +80,10 @@ class StreamResult:
 
     ``gaps`` are ``(offset_s, duration_s)`` pauses longer than the threshold between consecutive
     echoed chunks (offset from the stream's start); TCP retransmits lost segments, so a lost packet
-    shows up as a gap of at least one retransmission timeout. ``out_of_order`` counts echoed chunks
-    whose sequence number was not the next one. ``error`` is set if either end failed or timed out.
+    shows up as a gap of at least one retransmission timeout. ``longest_gap`` is the longest pause
+    whatever the threshold. ``out_of_order`` counts echoed chunks whose sequence number was not the
+    next one. ``started`` is when the client began sending (``time.monotonic()`` of this host).
+    ``error`` is set if either end failed or timed out.
     """
 
     bytes_sent: int
@@ -86,11 +94,13 @@ class StreamResult:
     out_of_order: int = 0
     seconds: float = 0.0
     error: str | None = None
+    longest_gap: float = 0.0
+    started: float = 0.0
 
     @property
     def max_gap(self) -> float:
-        """The longest gap (0 if none)."""
-        return max((d for _, d in self.gaps), default=0.0)
+        """The longest pause between echoed chunks (over the threshold: the longest of ``gaps``)."""
+        return max((d for _, d in self.gaps), default=self.longest_gap)
 
     @property
     def ok(self) -> bool:
@@ -108,9 +118,9 @@ def _trafficd(pod: Endpoint, *args: str) -> list[str]:
     return pod.exec_argv(sys.executable, "-I", "-S", TRAFFICD, *args)
 
 
-def _start_server(pod: Endpoint, mode: str, port: int, budget: float) -> subprocess.Popen[str]:
+def _start_server(pod: Endpoint, mode: str, port: int, budget: float, *extra: str) -> subprocess.Popen[str]:
     """Start a server in ``pod`` and wait (bounded) for its ``ready`` line."""
-    argv = _trafficd(pod, mode, "--port", str(port), "--deadline", f"{budget:.3f}")
+    argv = _trafficd(pod, mode, "--port", str(port), "--deadline", f"{budget:.3f}", *extra)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     with selectors.DefaultSelector() as sel:
@@ -118,8 +128,7 @@ def _start_server(pod: Endpoint, mode: str, port: int, budget: float) -> subproc
         ready = sel.select(timeout=READY_WITHIN)
     line = proc.stdout.readline() if ready else ""
     if line.strip() != "ready":
-        _stop(proc)
-        err = proc.stderr.read() if proc.stderr else ""
+        _, err = _stop(proc)
         raise CommandError(argv, f"server did not become ready (got {line!r})", output=err)
     return proc
 
@@ -158,7 +167,7 @@ class StreamRun:
     ) -> None:
         budget = seconds + SLACK
         self._budget = budget
-        self._server = _start_server(server_pod, "echo-server", port, budget + 1)
+        self._server = _start_server(server_pod, "echo-server", port, budget + READY_WITHIN)
         argv = _trafficd(
             client_pod, "stream-client", "--host", str(server_pod.ip), "--port", str(port),
             "--seconds", str(seconds), "--deadline", f"{budget:.3f}", *client_args,
@@ -187,6 +196,8 @@ class StreamRun:
                 out_of_order=int(report.get("out_of_order", 0)),
                 seconds=float(report.get("seconds", 0.0)),
                 error=report.get("error"),
+                longest_gap=float(report.get("longest_gap", 0.0)),
+                started=float(report.get("started", 0.0)),
             )
         return self._result
 
@@ -232,6 +243,125 @@ def tcp_stream(
         gap_threshold=gap_threshold,
         connect_timeout=connect_timeout,
     ).result()
+
+
+@dataclass(frozen=True)
+class UdpResult:
+    """What a paced stream of ``count`` numbered UDP datagrams saw (see :func:`start_udp_stream`).
+
+    ``missing`` counts the sequence numbers that never arrived, ``missing_ranges`` lists the first
+    of them as inclusive ``(first, last)`` ranges; ``duplicates`` and ``reordered`` (arrived after a
+    higher number) are for information. ``max_gap`` is the receiver's longest pause between two new
+    datagrams, ``max_late`` the sender's worst lateness against its schedule (a busy machine, not the
+    network). ``started``/``ended``: the sender's first and last send (``time.monotonic()`` of this
+    host). ``error`` is set if either end failed or timed out.
+    """
+
+    count: int
+    sent: int
+    received: int
+    missing: int
+    missing_ranges: tuple[tuple[int, int], ...] = ()
+    duplicates: int = 0
+    reordered: int = 0
+    send_errors: int = 0
+    max_gap: float = 0.0
+    max_late: float = 0.0
+    started: float = 0.0
+    ended: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Every datagram went and arrived, without an error."""
+        return self.error is None and self.count > 0 and self.sent == self.count and self.missing == 0
+
+
+class UdpRun:
+    """A UDP stream in progress (see :func:`start_udp_stream`); :meth:`result` collects it."""
+
+    def __init__(
+        self,
+        receiver_pod: Endpoint,
+        sender_pod: Endpoint,
+        port: int,
+        seconds: float,
+        rate: float,
+        size: int,
+        source: str | None,
+    ) -> None:
+        self._count = max(1, round(seconds * rate))
+        budget = seconds + SLACK
+        self._budget = budget
+        extra = ("--count", str(self._count), "--idle", str(UDP_IDLE))
+        self._receiver = _start_server(receiver_pod, "udp-receiver", port, budget + READY_WITHIN, *extra)
+        argv = _trafficd(
+            sender_pod, "udp-sender", "--host", str(receiver_pod.ip), "--port", str(port), "--count",
+            str(self._count), "--rate", str(rate), "--size", str(size), "--deadline", f"{budget:.3f}",
+            *(["--source", source] if source else []),
+        )  # fmt: skip
+        try:
+            self._sender = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        except OSError:
+            _stop(self._receiver)
+            raise
+        self._result: UdpResult | None = None
+
+    def result(self) -> UdpResult:
+        """Wait (bounded by the stream's own budget) for both ends and return the report."""
+        if self._result is None:
+            out, err = _stop(self._sender, self._budget + 2)
+            sent = _last_json(out)
+            rout, rerr = _stop(self._receiver, UDP_IDLE + 3 if sent.get("sent") else 0)
+            got = _last_json(rout)
+            errors = [f"{side}: {r['error']} ({e.strip()[-300:]})" if e.strip() else f"{side}: {r['error']}"
+                      for side, r, e in (("sender", sent, err), ("receiver", got, rerr)) if r.get("error")]  # fmt: skip
+            self._result = UdpResult(
+                count=self._count,
+                sent=int(sent.get("sent", 0)),
+                received=int(got.get("received", 0)),
+                missing=int(got.get("missing", self._count)),
+                missing_ranges=tuple((int(a), int(b)) for a, b in got.get("missing_ranges", [])),
+                duplicates=int(got.get("duplicates", 0)),
+                reordered=int(got.get("reordered", 0)),
+                send_errors=int(sent.get("send_errors", 0)),
+                max_gap=float(got.get("max_gap", 0.0)),
+                max_late=float(sent.get("max_late", 0.0)),
+                started=float(sent.get("started", 0.0)),
+                ended=float(sent.get("ended", 0.0)),
+                error="; ".join(errors) or None,
+            )
+        return self._result
+
+
+def start_udp_stream(
+    receiver_pod: Endpoint,
+    sender_pod: Endpoint,
+    port: int = DEFAULT_UDP_PORT,
+    seconds: float = 3.0,
+    *,
+    rate: float = 200.0,
+    size: int = 64,
+    source: str | None = None,
+) -> UdpRun:
+    """Start a receiver in ``receiver_pod`` (on ``port`` of its IP) and a sender in ``sender_pod``
+    sending ``seconds * rate`` numbered ``size``-byte datagrams at ``rate`` a second (from address
+    ``source`` if given); returns at once, :meth:`UdpRun.result` collects the report."""
+    return UdpRun(receiver_pod, sender_pod, port, seconds, rate, size, source)
+
+
+def udp_stream(
+    receiver_pod: Endpoint,
+    sender_pod: Endpoint,
+    port: int = DEFAULT_UDP_PORT,
+    seconds: float = 3.0,
+    *,
+    rate: float = 200.0,
+    size: int = 64,
+    source: str | None = None,
+) -> UdpResult:
+    """Run a paced UDP stream for ``seconds`` s and return its report (see :class:`UdpResult`)."""
+    return start_udp_stream(receiver_pod, sender_pod, port, seconds, rate=rate, size=size, source=source).result()
 
 
 def tcp_throughput(

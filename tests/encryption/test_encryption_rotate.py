@@ -305,9 +305,9 @@ def test_the_command_execs_the_agent_command_then_polls_the_status(monkeypatch: 
     monkeypatch.setattr(websocket, "setdefaulttimeout", lambda timeout: None)
     result = CliRunner().invoke(encryption, ["rotate", "--context", "ctx-c1", "--node", "c1-n0"])
     assert result.exit_code == 0, result.output
-    assert execs == [("kube-system/agent-c1-n0/agent", rotate_command("c1-n0", 10.0))]
+    assert execs == [("kube-system/agent-c1-n0/agent", rotate_command("c1-n0", 30.0))]
     assert execs[0][1][:4] == ["clustermesh", "agent", "encryption", "rotate"]
-    assert "/c1-n0/agent.sock" in execs[0][1][5] and execs[0][1][6:] == ["--request-timeout", "8.5"]
+    assert "/c1-n0/agent.sock" in execs[0][1][5] and execs[0][1][6:] == ["--request-timeout", "25"]
     assert f"c1/c1-n0: rotating {OLD['c1/c1-n0']} -> {NEW['c1/c1-n0']}" in result.output
     assert "OK: 1 node(s) rotated their WireGuard key" in result.output
 

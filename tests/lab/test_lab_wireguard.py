@@ -3,13 +3,17 @@ wireguard``, ``kubectl apply -f lab/examples/``, ``clustermesh lab exec ... -- c
 encryption audit|status``, ``clustermesh bpf dump counters``, ``kubectl label``/``delete pod``).
 
 Two labs of 2 clusters x 2 nodes, brought up at once for the module: ``wg`` (WireGuard) for the
-traffic, audit, status, metrics, agent-crash and per-node migration scenarios, ``strict``
-(WireGuard with egress strict mode over 10.0.0.0/8, every cluster's pod CIDR 10.<id>.0.0/16) for
-the dropped-not-leaked scenario. The migration (label) scenario runs last on ``wg``.
+traffic, audit, status, metrics, agent-crash, key-rotation and per-node migration scenarios,
+``strict`` (WireGuard with egress strict mode over 10.0.0.0/8, every cluster's pod CIDR
+10.<id>.0.0/16) for the dropped-not-leaked scenario. The key rotation (``clustermesh encryption
+rotate --all`` during 90 s of numbered UDP and paced TCP between the clusters, both ways, with
+:mod:`lab.net.traffic` run in the pods through ``clustermesh lab exec``) runs after the scenarios
+that expect no rotation yet; the migration (label) scenario runs last on ``wg``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -29,6 +33,8 @@ import pytest
 from clustermesh_cli.status import AgentUnreachableError, agent_get_raw
 from lab.driver import CLI, PROJECT, LabDriver, running_ready, wait_for
 from lab.mesh import agent_pin_root, agent_socket, agent_status
+from lab.meshtest import LabPod
+from lab.net import StreamResult, StreamRun, UdpResult, UdpRun, start_tcp_stream, start_udp_stream
 from lab.prereqs import datapath_unavailable
 
 pytestmark = [
@@ -320,6 +326,146 @@ def test_sigkilled_agent_comes_back_with_the_same_key_device_and_no_peer_changes
     assert code == 0
     mine = next(n for n in status["nodes"] if n["node"] == f"c1/{node}")
     assert (mine["public-key"], mine["userspace-pid"]) == (enc0["public-key"], enc0["userspace-pid"])
+
+
+# ---- e. zero-loss key rotation of every node during a cross-cluster stream ----
+
+STREAM_SECONDS = 90.0
+UDP_RATE = 200  # datagrams a second and direction
+ROTATE_AFTER = 5.0  # seconds after the last stream started (~8 s after the first) before the rotation
+ROTATE_TIMEOUT = 60  # `encryption rotate --timeout` (it took 30-45 s with the CLI under load), inside the streams
+MAX_TCP_GAP = 0.2
+
+Run = UdpRun | StreamRun
+
+
+def _endpoint(lab: WgLab, cluster: str, pod: dict[str, Any]) -> LabPod:
+    """A pod of the lab as a traffic endpoint (its commands run through ``clustermesh lab exec``)."""
+    meta = pod["metadata"]
+    return LabPod(lab.driver.name, lab.driver.context(cluster), cluster, meta.get("namespace", "default"),
+                  meta["name"], pod["spec"]["nodeName"], meta["labels"].get("app", ""),
+                  ipaddress.IPv4Address(pod["status"]["podIP"]))  # fmt: skip
+
+
+def _cross_paths(lab: WgLab) -> dict[str, tuple[LabPod, LabPod]]:
+    """Each cluster's client to an echo pod of the other cluster (source, destination): c1 -> c2
+    and c2 -> c1, every node of the lab at one end of a path."""
+    clients = {c: _endpoint(lab, c, next(p for p in lab.driver.pods(c, "app=client") if running_ready(p)))
+               for c in ("c1", "c2")}  # fmt: skip
+    return {"c1->c2": (clients["c1"], _endpoint(lab, "c2", lab.echo_off("c2", lab.client_node["c2"]))),
+            "c2->c1": (clients["c2"], _endpoint(lab, "c1", lab.echo_off("c1", lab.client_node["c1"])))}  # fmt: skip
+
+
+def _start_streams(paths: dict[str, tuple[LabPod, LabPod]], seconds: float, runs: dict[str, Run]) -> None:
+    """Start, per path, ``UDP_RATE`` numbered UDP datagrams a second and a paced TCP echo stream (a
+    256-byte chunk every 10 ms, pauses over 50 ms recorded), both ``seconds`` long, into ``runs`` as
+    they start (the caller collects what started even if a later one fails). One after the other,
+    ~2 s each (``lab exec``), from this thread: a pod's command dies with the thread that started it."""
+    for name, (src, dst) in paths.items():
+        runs[f"udp {name}"] = start_udp_stream(dst, src, seconds=seconds, rate=UDP_RATE)
+        runs[f"tcp {name}"] = start_tcp_stream(dst, src, seconds=seconds, chunk_size=256, interval=0.01,
+                                               gap_threshold=0.05)  # fmt: skip
+
+
+def _window(result: UdpResult | StreamResult, seconds: float) -> tuple[float, float]:
+    """When a stream was sending (``time.monotonic()``)."""
+    if isinstance(result, UdpResult):
+        return result.started, result.ended
+    return result.started, result.started + seconds
+
+
+def _summary(results: dict[str, UdpResult | StreamResult]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, r in results.items():
+        if isinstance(r, UdpResult):
+            out[name] = {"sent": r.sent, "received": r.received, "missing": r.missing,
+                         "missing_ranges": r.missing_ranges[:10], "duplicates": r.duplicates, "reordered": r.reordered,
+                         "max_gap_ms": round(r.max_gap * 1000, 1), "sender_max_late_ms": round(r.max_late * 1000, 1),
+                         "error": r.error}  # fmt: skip
+        else:
+            out[name] = {"chunks": [r.chunks_sent, r.chunks_received], "bytes": [r.bytes_sent, r.bytes_received],
+                         "max_gap_ms": round(r.max_gap * 1000, 1), "gaps": r.gaps[:10], "error": r.error}  # fmt: skip
+    return out
+
+
+def _idle_encryption(lab: WgLab, node: str) -> dict[str, Any] | None:
+    """The agent's encryption status once it is synced, has a key and no rotation in progress."""
+    doc = _synced_agent(lab, node)
+    enc = dict(doc["datapath"]["encryption"]) if doc else {}
+    return enc if enc.get("public-key") and not (enc.get("rotation") or {}).get("busy") else None
+
+
+def _qualified(node: str) -> str:
+    """``c1-n0`` or ``c1/c1-n0`` as ``c1/c1-n0`` (the lab's node names begin with their cluster)."""
+    return node if "/" in node else f"{node.split('-')[0]}/{node}"
+
+
+def _announced(doc: Any) -> dict[str, tuple[str, str]]:
+    """``encryption rotate --wait -o json`` (``{"passed", "waited", "nodes": [...]}``, each node
+    ``cluster/name``) as ``{cluster/node: (public key, next public key)}``; every node rotated."""
+    assert doc["passed"] is True and doc["waited"] is True, doc
+    assert all(e["rotated"] is True and e["error"] is None for e in doc["nodes"]), doc
+    return {e["node"]: (e["public-key"], e["next-public-key"]) for e in doc["nodes"]}
+
+
+def test_rotating_every_nodes_key_during_a_cross_cluster_stream_loses_nothing(wg: WgLab) -> None:
+    nodes = [n.name for n in wg.driver.spec.nodes]
+    before = {n: wait_for(lambda n=n: _idle_encryption(wg, n), within=60, what=f"{n} synced, no rotation")  # type: ignore[misc]
+              for n in nodes}  # fmt: skip
+    paths = _cross_paths(wg)
+    runs: dict[str, Run] = {}
+    try:
+        _start_streams(paths, STREAM_SECONDS, runs)
+        time.sleep(ROTATE_AFTER)
+        began = time.monotonic()
+        out = wg.driver.clustermesh("encryption", "rotate", "--all", *wg.contexts, "--kubeconfig",
+                                    str(wg.driver.kubeconfig), "--wait", "--timeout", str(ROTATE_TIMEOUT), "-o",
+                                    "json", timeout=ROTATE_TIMEOUT + 30, check=False)  # fmt: skip
+        ended = time.monotonic()
+        after = {n: _encryption(wg, n) for n in nodes}
+    finally:
+        results = {name: run.result() for name, run in runs.items()}  # bounded by each stream's budget
+    print(f"\nrotation {began - min(r.started for r in results.values()):.1f}s into the streams, took "
+          f"{ended - began:.1f}s; traffic: {json.dumps(_summary(results))}")  # fmt: skip
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    announced = _announced(json.loads(out.stdout))
+    assert set(announced) == {_qualified(n) for n in nodes}, out.stdout
+    for n in nodes:
+        old, new = announced[_qualified(n)]
+        assert old == before[n]["public-key"] and new and new != old, (n, announced)
+        enc = after[n]
+        assert enc.get("public-key") == new, (n, enc)
+        assert enc["key-rotations"] == before[n]["key-rotations"] + 1, (n, enc["key-rotations"])
+        assert not enc["rotation"]["busy"], (n, enc["rotation"])
+
+    for name, r in results.items():
+        assert r.error is None, (name, r)
+        start, end = _window(r, STREAM_SECONDS)
+        assert start < began and ended < end, ("the rotation was not inside the stream", name, start, began, ended, end)
+        if isinstance(r, UdpResult):
+            assert r.sent == r.count and r.missing == 0, (name, r.missing, r.missing_ranges[:10], r.max_gap)
+        else:
+            assert r.bytes_received == r.bytes_sent > 0 and r.max_gap < MAX_TCP_GAP, (name, r.max_gap, r.gaps)
+
+    code, status = _enc_status(wg)
+    since = time.monotonic() - began
+    assert code == 0, json.dumps(status, indent=1)[:4000]
+    assert status["verdict"] == "pass" and not status["unreachable"]
+    by_name = {s["node"]: s for s in status["nodes"]}
+    keys = {name: announced[name][1] for name in announced}
+    assert {name: s["public-key"] for name, s in by_name.items()} == keys
+    for n in nodes:
+        s = by_name[_qualified(n)]
+        assert s["key-rotations"] == before[n]["key-rotations"] + 1, s
+        assert s["key-age-seconds"] is not None and s["key-age-seconds"] < since, (s["key-age-seconds"], since)
+        assert all(p["in-sync"] and p["public-key"] == keys[p["node"]] for p in s["peers"]), s["peers"]
+
+    streams = {"c1": [p["status"]["podIP"] for p in wg.echo["c2"]], "c2": [p["status"]["podIP"] for p in wg.echo["c1"]]}
+    with _traffic(wg, streams):
+        code, audit = _audit(wg)
+    assert code == 0 and audit["verdict"] == "pass", json.dumps(audit, indent=1)[:4000]
+    assert audit["totals"]["plaintext-pod"] == 0 and audit["totals"]["wireguard"] > 0
 
 
 # ---- b. per-node migration switch: a node without encryption is a plaintext peer ----
