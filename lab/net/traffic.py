@@ -150,6 +150,20 @@ def _kill_and_collect(proc: subprocess.Popen[str]) -> tuple[str, str]:
         return "", ""
 
 
+def _start_client(argv: list[str], server: subprocess.Popen[str]) -> subprocess.Popen[str]:
+    """Start a stream's client end; when it cannot start, stop its (running) server end first."""
+    try:
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except OSError:
+        _stop(server)
+        raise
+
+
+def _with_stderr(error: str, stderr: str) -> str:
+    """An end's error with the tail of what it wrote to stderr, if anything."""
+    return f"{error} ({stderr.strip()[-300:]})" if stderr.strip() else error
+
+
 def _last_json(text: str) -> dict[str, Any]:
     for line in reversed(text.strip().splitlines()):
         with contextlib.suppress(ValueError):
@@ -172,11 +186,7 @@ class StreamRun:
             client_pod, "stream-client", "--host", str(server_pod.ip), "--port", str(port),
             "--seconds", str(seconds), "--deadline", f"{budget:.3f}", *client_args,
         )  # fmt: skip
-        try:
-            self._client = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        except OSError:
-            _stop(self._server)
-            raise
+        self._client = _start_client(argv, self._server)
         self._result: StreamResult | None = None
 
     def result(self) -> StreamResult:
@@ -185,8 +195,8 @@ class StreamRun:
             out, err = _stop(self._client, self._budget + 2)
             report = _last_json(out)
             _stop(self._server, 2 if report.get("error") is None else 0)
-            if report.get("error") and err.strip():
-                report["error"] = f"{report['error']} ({err.strip()[-300:]})"
+            if report.get("error"):
+                report["error"] = _with_stderr(report["error"], err)
             self._result = StreamResult(
                 bytes_sent=int(report.get("bytes_sent", 0)),
                 bytes_received=int(report.get("bytes_received", 0)),
@@ -300,11 +310,7 @@ class UdpRun:
             str(self._count), "--rate", str(rate), "--size", str(size), "--deadline", f"{budget:.3f}",
             *(["--source", source] if source else []),
         )  # fmt: skip
-        try:
-            self._sender = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        except OSError:
-            _stop(self._receiver)
-            raise
+        self._sender = _start_client(argv, self._receiver)
         self._result: UdpResult | None = None
 
     def result(self) -> UdpResult:
@@ -314,7 +320,7 @@ class UdpRun:
             sent = _last_json(out)
             rout, rerr = _stop(self._receiver, UDP_IDLE + 3 if sent.get("sent") else 0)
             got = _last_json(rout)
-            errors = [f"{side}: {r['error']} ({e.strip()[-300:]})" if e.strip() else f"{side}: {r['error']}"
+            errors = [f"{side}: {_with_stderr(r['error'], e)}"
                       for side, r, e in (("sender", sent, err), ("receiver", got, rerr)) if r.get("error")]  # fmt: skip
             self._result = UdpResult(
                 count=self._count,

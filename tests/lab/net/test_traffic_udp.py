@@ -65,7 +65,9 @@ def test_udp_stream_arrives_whole(pair: tuple[Topology, Pod, Pod]) -> None:
     result = udp_stream(b, a, seconds=2.0, rate=200)
     assert result.ok, result
     assert (result.count, result.sent, result.received, result.missing_ranges) == (400, 400, 400, ())
-    assert 1.9 < result.ended - result.started < 2.5 and 0 < result.max_gap < 1.0
+    # paced, not a burst: datagram n is never sent before start + n / rate (no upper bound: a busy
+    # machine only makes it later, and speed belongs in benchmarks)
+    assert result.ended - result.started >= (result.count - 1) / 200 and result.max_gap > 0
 
 
 @needs_root
